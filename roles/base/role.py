@@ -1,0 +1,76 @@
+"""base: deploy user and sudo, base packages, timezone, SSH hardening, fail2ban for sshd."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opskit.errors import ConfigError, ConnectError, OpsError
+from opskit.remote import Remote
+from opskit.resources import (
+    Directory,
+    File,
+    Packages,
+    Resource,
+    Service,
+    Symlink,
+    Template,
+    User,
+)
+from opskit.result import Change
+
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-opskit-hardening.conf"
+JAIL = "/etc/fail2ban/jail.d/opskit-sshd.local"
+
+
+def resources(v: Mapping[str, Any]) -> list[Resource]:
+    """The desired state of roles/base/README.md for one host's variables."""
+    user = v["base_deploy_user"]
+    tz = v["base_timezone"]
+    if tz not in zoneinfo.available_timezones():
+        raise ConfigError(f"base_timezone: unknown time zone {tz!r} (e.g. UTC, Europe/Berlin)")
+    if v["base_ssh_permit_root_login"] not in ("no", "prohibit-password", "forced-commands-only"):
+        raise ConfigError(
+            "base_ssh_permit_root_login: must be no, prohibit-password or forced-commands-only"
+        )
+    out: list[Resource] = [
+        Packages(tuple(v["base_packages"])),
+        User(user, groups=tuple(v["base_deploy_groups"])),
+        Directory(f"/home/{user}/.ssh", 0o700, user, user),
+    ]
+    if v["base_deploy_authorized_keys"]:
+        keys = "".join(f"{k.strip()}\n" for k in v["base_deploy_authorized_keys"])
+        out.append(File(f"/home/{user}/.ssh/authorized_keys", keys, 0o600, user, user))
+    out += [
+        Template(
+            f"/etc/sudoers.d/{user}", "base/sudoers.j2", v, mode=0o440, validate="visudo -cqf %s"
+        ),
+        File("/etc/timezone", f"{tz}\n"),
+        Symlink("/etc/localtime", f"/usr/share/zoneinfo/{tz}"),
+        Template(SSHD_DROPIN, "base/10-opskit-hardening.conf.j2", v, check_after="sshd -t"),
+        Service("ssh", reload_on=(f"file:{SSHD_DROPIN}",)),
+        Template(JAIL, "base/opskit-sshd.local.j2", v, check_after="fail2ban-client -t"),
+        Service("fail2ban", restart_on=(f"file:{JAIL}",)),
+        Service("cron"),
+    ]
+    return out
+
+
+def after_converge(remote: Remote, changes: Sequence[Change], ctx: Any) -> None:
+    """Prove that a fresh SSH connection still works after sshd changed; else put it back."""
+    if not any(c.changed and c.resource == f"file:{SSHD_DROPIN}" for c in changes):
+        return
+    try:
+        fresh = ctx.reconnect(remote.host)
+        try:
+            fresh.run("true", what="login check")
+        finally:
+            fresh.close()
+    except (ConnectError, OpsError) as exc:
+        remote.run(File.restore_script(SSHD_DROPIN) + "\nsystemctl reload ssh", what="revert sshd")
+        raise OpsError(
+            f"a fresh SSH login failed after the SSH hardening ({exc}); the previous sshd "
+            "configuration was put back and sshd reloaded over the still-open connection"
+        ) from None
+    ctx.notes.append("ssh: a fresh login works after the sshd change")

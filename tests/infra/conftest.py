@@ -1,0 +1,47 @@
+"""Shared by the testinfra specs: each spec runs only on hosts that have its role.
+
+`inv verify` sets OPSKIT_INVENTORY and OPSKIT_ROLE_HOSTS ({host: [roles]}); a spec module names
+its role in `ROLE = "base"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from opskit.inventory import load_inventory
+
+
+def _host_name(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    spec = callspec.params.get("_testinfra_host")
+    return str(spec).split("://", 1)[-1] if spec else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    role_hosts = json.loads(os.environ.get("OPSKIT_ROLE_HOSTS", "{}"))
+    if not role_hosts:
+        return
+    keep, drop = [], []
+    for item in items:
+        role = getattr(item.module, "ROLE", None)
+        host = _host_name(item)
+        if role and host and role not in role_hosts.get(host, []):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="module")
+def hostvars(host: Any) -> dict[str, Any]:
+    """The inventory variables of the host under test."""
+    inventory = load_inventory(os.environ["OPSKIT_INVENTORY"])
+    return dict(inventory.host(host.backend.get_hostname()).vars)
