@@ -1,0 +1,69 @@
+"""The lab for integration tests: brought up fresh once per session, stopped at the end.
+
+Needs root and the lab's tools (scripts/bootstrap installs them); a missing prerequisite is an
+error that says what to do, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from opskit import lab
+from opskit.inventory import Inventory, load_inventory
+from opskit.roles import REPO
+
+# A developer can point the tests at a lab of their own (another bridge, subnet and host names)
+# so that two labs run side by side; CI uses the embedded default.
+LAB_INVENTORY = Path(os.environ.get("OPSKIT_LAB_INVENTORY", REPO / "inventories" / "lab.yml"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def lab_spec() -> Iterator[lab.LabSpec]:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests boot lab hosts and need root (run: sudo bash scripts/test)")
+    missing = [t for t in ("debootstrap", "systemd-nspawn", "ip", "ssh") if not shutil.which(t)]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run bash scripts/bootstrap")
+    spec = lab.load_lab_spec(LAB_INVENTORY)
+    lab.up(spec, fresh=True, progress=lambda m: print(f"lab: {m}", file=sys.stderr))
+    yield spec
+    lab.down(spec)
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(lab_spec: lab.LabSpec) -> Inventory:
+    return load_inventory(LAB_INVENTORY)
+
+
+def write_inventory(tmp_path: Path, change: Any = None, name: str = "inv.yml") -> Path:
+    """A copy of the lab inventory (absolute paths), changed by `change(data)` if given."""
+    data = yaml.safe_load(LAB_INVENTORY.read_text())
+    if change is not None:
+        change(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run an `inv` task as an operator would; returns the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        env={**os.environ, "OPSKIT_INVENTORY": str(LAB_INVENTORY), **(env or {})},
+    )
