@@ -17,18 +17,23 @@ from opskit import lab as labmod
 from opskit.errors import ConfigError, ExitStatus, OpsError
 from opskit.runner import check_role_names, provision_work, run_on_hosts
 
-H = cli.COMMON_HELP
+
+
+def H(*names: str, **extra: str) -> dict[str, str]:  # noqa: N802
+    """Help texts for a task's flags: the shared ones named, plus the task's own."""
+    return {**{n: cli.COMMON_HELP[n] for n in names}, **extra}
+
 
 
 @task(
-    help={
-        **H,
-        "check": "plan only: show what would change, change nothing",
-        "diff": "show the diff of every changed file",
-        "roles": "only these roles, comma-separated (default: every role of each host's groups)",
-        "detailed_exitcode": "with --check: exit 3 when changes are pending (drift check in CI)",
-        "verbose": "also list resources that are already right; full diffs",
-    },
+    help=H(
+        "inventory", "hosts", "workers", "json", "ask_sudo_pass",
+        check="plan only: show what would change, change nothing",
+        diff="show the diff of every changed file",
+        roles="only these roles, comma-separated (default: every role of each host's groups)",
+        detailed_exitcode="with --check: exit 3 when changes are pending (drift check in CI)",
+        verbose="also list resources that are already right; full diffs",
+    ),
 )
 def provision(
     c,
@@ -73,7 +78,7 @@ def provision(
     cli.finish(results, json_out=json, dry_run=check, detailed_exitcode=detailed_exitcode)
 
 
-@task(help={**H, "pytest_args": "extra pytest arguments, e.g. '-k sshd'"})
+@task(help=H("inventory", "hosts", pytest_args="extra pytest arguments, e.g. '-k sshd'"))
 def verify(c, inventory=None, hosts=None, pytest_args=""):
     """Prove the hosts are right: the testinfra specs of tests/infra (strict host keys)."""
     from opskit.verify import run_verify
@@ -85,11 +90,11 @@ def verify(c, inventory=None, hosts=None, pytest_args=""):
 
 
 @task(
-    help={
-        **H,
-        "yes": "record new keys without asking (after reading the fingerprints)",
-        "replace": "replace a recorded key that CHANGED (only after checking out of band)",
-    }
+    help=H(
+        "inventory", "hosts",
+        yes="record new keys without asking (after reading the fingerprints)",
+        replace="replace a recorded key that CHANGED (only after checking out of band)",
+    )
 )
 def trust(c, inventory=None, hosts=None, yes=False, replace=False):
     """Show each host's SSH key fingerprint and record it in the inventory's known_hosts."""
@@ -147,11 +152,11 @@ def _print_status(rows):
 
 
 @task(
-    help={
-        "inventory": H["inventory"],
-        "fresh": "wipe the hosts and boot them anew",
-        "hosts": "only these lab hosts, comma-separated",
-    }
+    help=H(
+        "inventory",
+        fresh="wipe the hosts and boot them anew",
+        hosts="only these lab hosts, comma-separated",
+    )
 )
 def lab_up(c, inventory=None, fresh=False, hosts=None):
     """Boot the lab's hosts (systemd-nspawn) and stand-in services; a no-op when running."""
@@ -170,7 +175,7 @@ def lab_up(c, inventory=None, fresh=False, hosts=None):
     print(f"lab up in {time.monotonic() - started:.1f} s")
 
 
-@task(help={"inventory": H["inventory"]})
+@task(help=H("inventory"))
 def lab_down(c, inventory=None):
     """Power the lab's hosts off and remove their network; safe after a crash."""
     spec = _lab_spec(inventory)
@@ -181,7 +186,7 @@ def lab_down(c, inventory=None):
     print("lab down")
 
 
-@task(help={"inventory": H["inventory"]})
+@task(help=H("inventory"))
 def lab_status(c, inventory=None):
     """Show each lab host: running or not, address, SSH reachable."""
     rows = labmod.status(_lab_spec(inventory))
@@ -190,7 +195,7 @@ def lab_status(c, inventory=None):
         raise Exit(code=ExitStatus.HOST_FAILED)
 
 
-@task(help={"inventory": H["inventory"], "fresh": "start from freshly booted hosts"})
+@task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
     """The main job on the lab: lab up, provision, provision again (no change), verify."""
     lab_up(c, inventory=inventory, fresh=fresh)

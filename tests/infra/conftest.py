@@ -19,8 +19,8 @@ def _host_name(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return None
-    spec = callspec.params.get("_testinfra_host")
-    return str(spec).split("://", 1)[-1] if spec else None
+    host = callspec.params.get("_testinfra_host")
+    return host.backend.get_hostname() if host is not None else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

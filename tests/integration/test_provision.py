@@ -30,7 +30,7 @@ def test_01_first_provision_converges_every_host(lab_inventory):
 
 def test_02_second_provision_changes_nothing_in_one_round_trip(lab_inventory):
     results = provision(lab_inventory)
-    assert changed(results) == {"web1": [], "web2": [], "db1": []}
+    assert all(not c for c in changed(results).values()) and len(results) == 3
     assert all(r.error is None for r in results)
     # One remote command per host reads all state; nothing else is sent on a no-op run.
     assert [r.commands for r in results] == [1, 1, 1]
@@ -41,26 +41,28 @@ def test_03_verify_passes(lab_inventory):
 
 
 def test_04_check_reports_drift_and_changes_nothing(lab_spec, lab_inventory):
-    lab.exec_in(lab_spec, "web2", ["sh", "-c", "echo Europe/Paris > /etc/timezone"])
-    [result] = provision(lab_inventory, ["web2"], dry_run=True)
+    web2 = lab_inventory.hosts[1].name
+    lab.exec_in(lab_spec, web2, ["sh", "-c", "echo Europe/Paris > /etc/timezone"])
+    [result] = provision(lab_inventory, [web2], dry_run=True)
     [drift] = [c for c in result.changes if c.changed]
     assert drift.resource == "file:/etc/timezone" and "-Europe/Paris\n+UTC\n" in drift.diff
-    assert lab.exec_in(lab_spec, "web2", ["cat", "/etc/timezone"]).stdout == "Europe/Paris\n"
+    assert lab.exec_in(lab_spec, web2, ["cat", "/etc/timezone"]).stdout == "Europe/Paris\n"
     # The CLI says the same with a distinct exit code for drift checks.
-    cli = inv("provision", "--hosts", "web2", "--check", "--detailed-exitcode")
+    cli = inv("provision", "--hosts", web2, "--check", "--detailed-exitcode")
     assert cli.returncode == 3, cli.stdout + cli.stderr
     assert "changed  file:/etc/timezone" in cli.stdout
-    assert provision(lab_inventory, ["web2"])[0].changed_count == 1
-    assert lab.exec_in(lab_spec, "web2", ["cat", "/etc/timezone"]).stdout == "UTC\n"
+    assert provision(lab_inventory, [web2])[0].changed_count == 1
+    assert lab.exec_in(lab_spec, web2, ["cat", "/etc/timezone"]).stdout == "UTC\n"
 
 
 def test_05_changed_host_key_is_refused_while_others_converge(tmp_path, lab_inventory):
     known = lab_inventory.ssh.known_hosts.read_text().splitlines()
+    addr2, addr3 = lab_inventory.hosts[1].address, lab_inventory.hosts[2].address
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
                    check=True)
     other = (tmp_path / "k.pub").read_text().split()[1]
-    lines = [f"10.213.0.12 ssh-ed25519 {other}" if ln.startswith("10.213.0.12 ") else ln
-             for ln in known if not ln.startswith("10.213.0.21 ")]
+    lines = [f"{addr2} ssh-ed25519 {other}" if ln.startswith(f"{addr2} ") else ln
+             for ln in known if not ln.startswith(f"{addr3} ")]
     kh = tmp_path / "known_hosts"
     kh.write_text("\n".join(lines) + "\n")
 
@@ -72,24 +74,26 @@ def test_05_changed_host_key_is_refused_while_others_converge(tmp_path, lab_inve
     assert web1.error is None and not web1.unreachable
     assert web2.unreachable and "CHANGED" in web2.error and "SHA256:" in web2.error
     assert db1.unreachable and "unknown host key" in db1.error
-    assert "inv hosts.trust --hosts db1" in db1.error
+    assert f"inv hosts.trust --hosts {db1.host}" in db1.error
 
 
 def test_06_unreachable_host_is_reported_while_others_converge(tmp_path):
     def change(data):
         data["ssh"]["connect_timeout"] = 3
-        data["groups"]["web"]["hosts"]["ghost"] = {"address": "10.213.0.99"}
+        prefix = data["lab"]["gateway"].rsplit(".", 1)[0]
+        data["groups"]["web"]["hosts"]["ghost"] = {"address": f"{prefix}.99"}
 
     path = write_inventory(tmp_path, change)
     cli = inv("provision", "-i", str(path), "--json")
     assert cli.returncode == 1, cli.stderr
     report = {h["host"]: h for h in json.loads(cli.stdout)["hosts"]}
     assert report["ghost"]["unreachable"] is True and "unreachable" in report["ghost"]["error"]
-    assert all(report[h]["error"] is None for h in ("web1", "web2", "db1"))
+    assert [h for h, r in report.items() if r["error"]] == ["ghost"]
 
 
-def test_07_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, lab_spec):
-    before = lab.exec_in(lab_spec, "web1", ["stat", "-c", "%Y", "/etc/timezone"]).stdout
+def test_07_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, lab_spec, lab_inventory):
+    web1 = lab_inventory.hosts[0].name
+    before = lab.exec_in(lab_spec, web1, ["stat", "-c", "%Y", "/etc/timezone"]).stdout
 
     def unknown_var(data):
         data["vars"]["base_timezon"] = "Europe/Paris"
@@ -110,18 +114,20 @@ def test_07_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, lab_spec):
         assert cli.returncode == 2, (name, cli.stdout, cli.stderr)
         assert str(path) in cli.stderr and (message in cli.stderr or name == "malformed"), cli.stderr
         assert "Traceback" not in cli.stderr
-    assert lab.exec_in(lab_spec, "web1", ["stat", "-c", "%Y", "/etc/timezone"]).stdout == before
+    assert lab.exec_in(lab_spec, web1, ["stat", "-c", "%Y", "/etc/timezone"]).stdout == before
 
 
 def test_08_broken_sshd_setting_is_refused_and_old_config_kept(tmp_path, lab_inventory):
+    db1 = lab_inventory.hosts[2].name
+
     def change(data):
-        data["groups"]["db"]["hosts"]["db1"]["vars"] = {"base_ssh_max_auth_tries": "lots"}
+        data["groups"]["db"]["hosts"][db1]["vars"] = {"base_ssh_max_auth_tries": "lots"}
 
     inventory = load_inventory(write_inventory(tmp_path, change))
-    [result] = provision(inventory, ["db1"])
+    [result] = provision(inventory, [db1])
     assert result.failed and "sshd -t failed" in result.error, result.error
     # The previous drop-in is back: a provision with the real inventory has nothing to do.
-    [again] = provision(lab_inventory, ["db1"])
+    [again] = provision(lab_inventory, [db1])
     assert again.error is None and again.changed_count == 0
 
 
@@ -138,18 +144,21 @@ def test_09_trust_records_fingerprints(tmp_path, lab_inventory):
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.count("recorded") == 3 and "SHA256:" in cli.stdout
     assert sorted(kh.read_text().splitlines()) == sorted(
-        ln for ln in lab_inventory.ssh.known_hosts.read_text().splitlines() if ln.startswith("10.213.")
+        ln for ln in lab_inventory.ssh.known_hosts.read_text().splitlines()
+        if ln.split(" ")[0] in {h.address for h in lab_inventory.hosts}
     )
     again = inv("hosts.trust", "-i", str(path))
     assert again.returncode == 0 and again.stdout.count("trusted") == 3
 
 
-def test_10_root_login_is_supported(tmp_path):
+def test_10_root_login_is_supported(tmp_path, lab_inventory):
+    db1 = lab_inventory.hosts[2].name
+
     def change(data):
-        data["groups"]["db"]["hosts"]["db1"]["user"] = "root"
+        data["groups"]["db"]["hosts"][db1]["user"] = "root"
 
     inventory = load_inventory(write_inventory(tmp_path, change))
-    [result] = provision(inventory, ["db1"])
+    [result] = provision(inventory, [db1])
     assert result.error is None and result.changed_count == 0
 
 
