@@ -195,6 +195,22 @@ def lab_status(c, inventory=None):
         raise Exit(code=ExitStatus.HOST_FAILED)
 
 
+@task(help=H("inventory", service="only this stand-in (slack, heartbeat, ...)",
+             last="show only the last N items of each (default 20)"))
+def lab_inbox(c, inventory=None, service=None, last=20):
+    """Show what the lab's stand-in services received (Slack alerts, heartbeats, ...)."""
+    from opskit import labsvc
+
+    spec = _lab_spec(inventory)
+    for svc in labsvc.SERVICES:
+        if (service and svc.name != service) or svc.name == "aptproxy":
+            continue
+        items = labsvc.read_inbox(spec, svc.name)
+        print(f"== {svc.name} ({len(items)} received, {labsvc.service_url(spec, svc.name)})")
+        for item in items[-last:]:
+            print("  " + labsvc.describe_item(svc.name, item))
+
+
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
     """The main job on the lab: lab up, provision, provision again (no change), verify."""
@@ -231,6 +247,7 @@ lab_ns.add_task(lab_up, name="up")
 lab_ns.add_task(lab_down, name="down")
 lab_ns.add_task(lab_status, name="status")
 lab_ns.add_task(lab_demo, name="demo")
+lab_ns.add_task(lab_inbox, name="inbox")
 dev_ns = Collection("dev")
 dev_ns.add_task(test)
 dev_ns.add_task(lint)

@@ -1,0 +1,441 @@
+"""Pure parts of the lab (opskit.lab, opskit.labsvc): no root, no processes, no network."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from opskit import lab, labsvc
+from opskit.lab import LabError
+from opskit.labsvc import aptproxy
+
+REPO = Path(__file__).resolve().parents[2]
+
+DEB822 = """\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+ contrib
+
+Types: deb
+Enabled: no
+URIs: http://disabled.example/debian
+Suites: bookworm
+Components: main
+"""
+
+LAB_YML = """\
+ssh: {known_hosts: kh, identity: keys/id_ed25519}
+lab:
+  state_dir: state
+  cache_dir: /var/cache/x
+  bridge: opskit0
+  gateway: 10.213.0.1/24
+  packages: [curl, less, curl]
+vars: {ssh_user: deploy}
+groups:
+  web:
+    hosts:
+      web1: {address: 10.213.0.11}
+  db:
+    hosts:
+      db1: {address: 10.213.0.21}
+      web1: {address: 10.213.0.11}
+"""
+
+
+# ---- apt sources ---------------------------------------------------------------------------
+
+
+def test_parse_deb822_sources_skips_comments_and_disabled_stanzas() -> None:
+    sources = lab.parse_deb822_sources(DEB822)
+    assert [s.uris for s in sources] == [
+        ("http://deb.debian.org/debian",),
+        ("http://deb.debian.org/debian-security",),
+    ]
+    assert sources[0].suites == ("bookworm", "bookworm-updates")
+    assert sources[1].components == ("main", "contrib")  # continuation line
+
+
+def test_parse_sources_list_handles_options_comments_and_deb_src() -> None:
+    text = (
+        "# a comment\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://ftp.de.debian.org/debian bookworm main contrib\n"
+        "deb-src http://ftp.de.debian.org/debian bookworm main  # trailing comment\n"
+        "garbage line\n"
+    )
+    sources = lab.parse_sources_list(text)
+    assert sources[0] == lab.AptSource(
+        ("deb",), ("http://ftp.de.debian.org/debian",), ("bookworm",), ("main", "contrib")
+    )
+    assert sources[1].types == ("deb-src",)
+    assert len(sources) == 2
+
+
+def test_pick_mirror_takes_the_first_deb_source_for_the_suite() -> None:
+    sources = lab.parse_sources_list(
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb http://sec.example/debian-security bookworm-security main\n"
+        "deb http://mirror.example/debian bookworm main\n"
+    )
+    assert lab.pick_mirror(sources) == "http://mirror.example/debian"
+
+
+def test_pick_mirror_without_a_bookworm_source_says_what_to_add() -> None:
+    with pytest.raises(LabError, match=r"sources\.list.*deb http://<mirror>/debian bookworm"):
+        lab.pick_mirror(lab.parse_sources_list("deb http://m.example/debian trixie main"))
+
+
+def test_mirror_hosts_lists_http_hosts_once_with_non_default_ports() -> None:
+    sources = [
+        *lab.parse_deb822_sources(DEB822),
+        *lab.parse_sources_list(
+            "deb https://secure.example/debian bookworm main\n"
+            "deb http://local.example:8080/debian bookworm main\n"
+        ),
+    ]
+    assert lab.mirror_hosts(sources) == ("deb.debian.org", "local.example:8080")
+
+
+def test_read_machine_apt_sources_reads_both_formats(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text("deb http://one.example/debian bookworm main\n")
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822)
+    (tmp_path / "sources.list.d" / "ignored.save").write_text("deb http://no.example/ x main\n")
+    sources = lab.read_machine_apt_sources(tmp_path)
+    assert [s.uris[0] for s in sources] == [
+        "http://one.example/debian",
+        "http://deb.debian.org/debian",
+        "http://deb.debian.org/debian-security",
+    ]
+
+
+# ---- base image key ------------------------------------------------------------------------
+
+
+def test_base_image_key_ignores_order_and_duplicates() -> None:
+    assert lab.base_image_key(["less", "curl"]) == lab.base_image_key(["curl", "less", "curl"])
+
+
+def test_base_image_key_changes_with_packages_baked_values_and_recipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = lab.base_image_key(["curl"], {"deploy_user": "deploy"})
+    assert len(key) == 12 and all(c in "0123456789abcdef" for c in key)
+    assert lab.base_image_key(["curl", "less"], {"deploy_user": "deploy"}) != key
+    assert lab.base_image_key(["curl"], {"deploy_user": "ops"}) != key
+    monkeypatch.setattr(lab, "RECIPE_VERSION", lab.RECIPE_VERSION + 1)
+    assert lab.base_image_key(["curl"], {"deploy_user": "deploy"}) != key
+
+
+# ---- known_hosts ---------------------------------------------------------------------------
+
+
+def test_known_hosts_line_drops_the_comment() -> None:
+    line = lab.known_hosts_line("10.213.0.11", "ssh-ed25519 AAAAkey root@build\n")
+    assert line == "10.213.0.11 ssh-ed25519 AAAAkey"
+
+
+def test_known_hosts_line_rejects_what_is_not_a_key() -> None:
+    with pytest.raises(LabError, match="not an SSH public key"):
+        lab.known_hosts_line("10.213.0.11", "-----BEGIN OPENSSH PRIVATE KEY-----")
+
+
+def test_merge_known_hosts_replaces_lab_entries_and_keeps_the_rest() -> None:
+    existing = (
+        "# my hosts\n"
+        "github.com ssh-ed25519 GH\n"
+        "10.213.0.11 ssh-ed25519 OLD11\n"
+        "[10.213.0.12]:22 ssh-rsa OLD12\n"
+        "10.213.0.21,db.example ssh-ed25519 OLD21\n"
+        "|1|hashed= ssh-ed25519 HASHED\n"
+        "@cert-authority 10.213.0.11 ssh-ed25519 CA\n"
+    )
+    managed = {"10.213.0.11", "10.213.0.12", "10.213.0.21"}
+    new = ["10.213.0.11 ssh-ed25519 NEW11", "10.213.0.21 ssh-ed25519 NEW21"]
+    merged = lab.merge_known_hosts(existing, new, managed)
+    assert merged.splitlines() == [
+        "# my hosts",
+        "github.com ssh-ed25519 GH",
+        "db.example ssh-ed25519 OLD21",
+        "|1|hashed= ssh-ed25519 HASHED",
+        "10.213.0.11 ssh-ed25519 NEW11",
+        "10.213.0.21 ssh-ed25519 NEW21",
+    ]
+    assert lab.merge_known_hosts(merged, new, managed) == merged  # idempotent
+
+
+def test_merge_known_hosts_into_an_empty_file() -> None:
+    assert lab.merge_known_hosts("", ["10.0.0.5 ssh-ed25519 K"], {"10.0.0.5"}) == (
+        "10.0.0.5 ssh-ed25519 K\n"
+    )
+    assert lab.merge_known_hosts("", [], {"10.0.0.5"}) == ""
+
+
+# ---- per-host files and commands -----------------------------------------------------------
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> lab.LabSpec:
+    path = tmp_path / "lab.yml"
+    path.write_text(LAB_YML)
+    return lab.load_lab_spec(path)
+
+
+def test_render_etc_hosts_names_every_lab_host_and_the_gateway(spec: lab.LabSpec) -> None:
+    text = lab.render_etc_hosts(spec, "web1")
+    assert "127.0.0.1\tlocalhost\n" in text
+    assert "10.213.0.1\topskit-gateway\n" in text
+    assert "10.213.0.11\tweb1\n" in text and "10.213.0.21\tdb1\n" in text
+    with pytest.raises(LabError, match="no lab host named 'web9'"):
+        lab.render_etc_hosts(spec, "web9")
+
+
+def test_apt_proxy_conf_points_at_the_gateway_proxy() -> None:
+    assert 'Acquire::http::Proxy "http://10.213.0.1:3142";' in lab.apt_proxy_conf("10.213.0.1")
+
+
+def test_veth_names_fit_ifnamsiz_and_stay_distinct() -> None:
+    names = ["web1", "a-very-long-host-name-1", "a-very-long-host-name-2"]
+    veths = [lab.veth_name(n) for n in names]
+    assert veths[0] == "vo-web1"
+    assert all(len(v) <= 15 for v in veths)
+    assert len(set(veths)) == 3
+
+
+def test_nspawn_argv_follows_the_lab_recipe() -> None:
+    argv = lab.nspawn_argv(Path("/s/hosts/web1/root"), "web1")
+    assert argv[:3] == ["systemd-nspawn", "-D", "/s/hosts/web1/root"]
+    for flag in ("--register=no", "--keep-unit", "-b"):
+        assert flag in argv
+    assert "--network-namespace-path=/run/netns/opskit-web1" in argv
+    assert argv[-2:] == ["-M", "web1"]
+    assert lab.is_lab_nspawn(argv, Path("/s/hosts/web1/root"))
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        (["/usr/bin/systemd-nspawn", "-D", "/r", "-b"], True),
+        (["systemd-nspawn", "--directory=/r", "-b"], True),
+        (["systemd-nspawn", "-D", "/other", "-b"], False),
+        (["python3", "systemd-nspawn", "-D", "/r"], False),
+        ([], False),
+    ],
+)
+def test_is_lab_nspawn_accepts_only_nspawn_of_that_root(cmdline: list[str], expected: bool) -> None:
+    assert lab.is_lab_nspawn(cmdline, Path("/r")) is expected
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", True),
+        (b"SSH-1.99-old\r\n", True),
+        (b"SSH-1.5-ancient\r\n", False),
+        (b"", False),
+        (b"HTTP/1.1 400 Bad Request\r\n", False),
+    ],
+)
+def test_parse_ssh_banner(data: bytes, expected: bool) -> None:
+    assert lab.parse_ssh_banner(data) is expected
+
+
+def test_overlay_options_refuse_paths_that_break_mount_options() -> None:
+    assert lab.overlay_options(Path("/l"), Path("/u"), Path("/w")) == (
+        "lowerdir=/l,upperdir=/u,workdir=/w"
+    )
+    with pytest.raises(LabError, match="overlayfs cannot use"):
+        lab.overlay_options(Path("/l,x"), Path("/u"), Path("/w"))
+
+
+def test_parse_mountinfo_unescapes_mount_points_and_reads_super_options() -> None:
+    text = (
+        "22 1 0:21 / /proc rw,nosuid shared:12 - proc proc rw\n"
+        "90 30 0:50 / /var/lib/opskit/lab/hosts/web\\0401/root rw,relatime - overlay opskit-web1 "
+        "rw,lowerdir=/var/cache/opskit/lab/base-1,upperdir=/u,workdir=/w\n"
+    )
+    assert lab.parse_mountinfo(text) == [
+        ("/proc", "proc", "rw"),
+        (
+            "/var/lib/opskit/lab/hosts/web 1/root",
+            "overlay",
+            "rw,lowerdir=/var/cache/opskit/lab/base-1,upperdir=/u,workdir=/w",
+        ),
+    ]
+
+
+# ---- inventory -----------------------------------------------------------------------------
+
+
+def test_load_lab_spec_reads_the_shipped_lab_inventory() -> None:
+    spec = lab.load_lab_spec(REPO / "inventories" / "lab.yml")
+    assert spec.bridge == "opskit0"
+    assert spec.gateway == "10.213.0.1/24"
+    assert spec.deploy_user == "deploy"
+    assert [h.name for h in spec.hosts] == ["web1", "web2", "db1"]
+    assert lab.find_host(spec, "db1").address == "10.213.0.21"
+    assert spec.identity.is_absolute() and spec.known_hosts.is_absolute()
+    assert "fail2ban" in spec.packages
+
+
+def test_load_lab_spec_resolves_relative_paths_and_dedupes(spec: lab.LabSpec) -> None:
+    base = spec.known_hosts.parent
+    assert spec.state_dir == base / "state"
+    assert spec.identity == base / "keys" / "id_ed25519"
+    assert spec.cache_dir == Path("/var/cache/x")
+    assert spec.packages == ("curl", "less")
+    assert spec.hosts == (lab.LabHost("web1", "10.213.0.11"), lab.LabHost("db1", "10.213.0.21"))
+    assert lab.gateway_ip(spec) == "10.213.0.1"
+    assert str(lab.lab_network(spec)) == "10.213.0.0/24"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("  gateway: 10.213.0.1/24\n", "", r"lab: missing 'gateway'"),
+        ("10.213.0.1/24", "10.213.0.1", r"lab\.gateway: '10\.213\.0\.1' needs a prefix length"),
+        ("10.213.0.1/24", "10.213.0.0/24", r"lab\.gateway: .* network or broadcast"),
+        ("10.213.0.1/24", "fd00::1/64", r"lab\.gateway: .*IPv4"),
+        ("bridge: opskit0", "bridge: a-much-too-long-name", r"lab\.bridge: .*15 characters"),
+        ("[curl, less, curl]", "[curl, 'Bad Name']", r"lab\.packages\[1\]: 'Bad Name'"),
+        ("{ssh_user: deploy}", "{}", r"vars: missing 'ssh_user'"),
+        ("identity: keys/id_ed25519", "identity: 'a,b'", r"ssh\.identity: .*must not contain"),
+        (
+            "web1: {address: 10.213.0.11}\n  db:",
+            "web1: {address: 10.9.0.11}\n  db:",
+            r"groups\.web\.hosts\.web1\.address: 10\.9\.0\.11 must be a host address in the lab",
+        ),
+        (
+            "db1: {address: 10.213.0.21}",
+            "db1: {address: 10.213.0.11}",
+            r"groups\.db\.hosts\.db1\.address: 10\.213\.0\.11 is already used by web1",
+        ),
+        (
+            "      db1: {address: 10.213.0.21}\n      web1: {address: 10.213.0.11}\n",
+            "      db1: {address: 10.213.0.21}\n      web1: {address: 10.213.0.12}\n",
+            r"groups\.db\.hosts\.web1\.address: 10\.213\.0\.12 differs",
+        ),
+        ("db1: {address", "DB_1: {address", r"groups\.db\.hosts\.DB_1: a lab host name"),
+        ("      db1: {address: 10.213.0.21}\n", "      db1: {}\n", r"db1: missing 'address'"),
+        ("ssh: {known_hosts: kh, identity: keys/id_ed25519}\n", "", r": missing 'ssh'"),
+    ],
+)
+def test_load_lab_spec_names_file_and_key_of_a_bad_value(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    text = LAB_YML.replace(old, new)
+    assert text != LAB_YML, f"test setup: {old!r} not found"
+    path = tmp_path / "lab.yml"
+    path.write_text(text)
+    with pytest.raises(LabError, match=message) as info:
+        lab.load_lab_spec(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_load_lab_spec_reports_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="cannot read the inventory"):
+        lab.load_lab_spec(tmp_path / "missing.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("lab: [unclosed\n")
+    with pytest.raises(LabError, match="not valid YAML"):
+        lab.load_lab_spec(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(LabError, match="expected a mapping"):
+        lab.load_lab_spec(bad)
+
+
+# ---- prerequisites -------------------------------------------------------------------------
+
+
+def test_missing_tools_name_the_apt_get_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(lab.shutil, "which", lambda tool: None if tool == "debootstrap" else tool)
+    with pytest.raises(LabError) as info:
+        lab.check_prerequisites()
+    assert "missing debootstrap" in str(info.value)
+    assert "apt-get install debootstrap systemd-container iproute2 openssh-client" in str(
+        info.value
+    )
+
+
+def test_not_root_is_an_error_that_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root"):
+        lab.check_prerequisites()
+
+
+# ---- stand-in services ---------------------------------------------------------------------
+
+
+def test_services_have_unique_names_and_ports() -> None:
+    names = [s.name for s in labsvc.SERVICES]
+    ports = [(s.bind, s.port) for s in labsvc.SERVICES]
+    assert len(set(names)) == len(names) and len(set(ports)) == len(ports)
+    assert labsvc.find_service("aptproxy") is labsvc.APT_PROXY
+    assert labsvc.APT_PROXY.port == aptproxy.PORT
+
+
+def test_apt_proxy_command_binds_the_gateway_and_allows_the_machine_mirrors(
+    spec: lab.LabSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lab, "machine_mirror_hosts", lambda: ("deb.debian.org", "m.example:8080"))
+    argv = labsvc.APT_PROXY.argv(spec)
+    assert argv[:3] == [sys.executable, "-m", "opskit.labsvc.aptproxy"]
+    assert argv[argv.index("--listen") + 1] == "10.213.0.1"
+    assert argv[argv.index("--allow") + 1 :] == ["deb.debian.org", "m.example:8080"]
+    assert labsvc.APT_PROXY.address(spec) == "10.213.0.1"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("http://deb.debian.org/debian/dists/x?y=1", ("deb.debian.org", 80, "/debian/dists/x?y=1")),
+        ("http://Mirror.Example:8080", ("mirror.example", 8080, "/")),
+        ("/debian/dists/bookworm/InRelease", None),
+        ("https://deb.debian.org/debian/", None),
+        ("deb.debian.org:443", None),
+        ("http://host:notaport/", None),
+    ],
+)
+def test_aptproxy_parse_target(target: str, expected: tuple[str, int, str] | None) -> None:
+    assert aptproxy.parse_target(target) == expected
+
+
+def test_aptproxy_refuses_a_wildcard_listen_address() -> None:
+    with pytest.raises(SystemExit):
+        aptproxy.main(["--listen", "0.0.0.0", "--allow", "deb.debian.org"])
+
+
+def test_old_base_images_beyond_the_most_recent_other_one_are_removed(tmp_path: Path) -> None:
+    # Not quite pure: reads /proc/self/mountinfo and deletes the fake images in tmp_path.
+    for age, key in enumerate(["c" * 12, "b" * 12, "a" * 12]):  # c newest, a oldest
+        (tmp_path / f"base-{key}" / "etc").mkdir(parents=True)
+        (tmp_path / f"build-{key}.log").write_text("log")
+        stamp = tmp_path / f"base-{key}.used"
+        stamp.touch()
+        os.utime(stamp, (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "base-not-an-image").mkdir()
+    current = tmp_path / "base-000000000000"
+    current.mkdir()
+    messages: list[str] = []
+    lab._remove_old_images(tmp_path, keep=current, progress=messages.append)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "base-000000000000",
+        "base-cccccccccccc",
+        "base-not-an-image",
+    ]
+    assert not (tmp_path / f"base-{'a' * 12}.used").exists()
+    assert not (tmp_path / f"build-{'b' * 12}.log").exists()
+    assert len(messages) == 2 and all("removing old base image" in m for m in messages)
