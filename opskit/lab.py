@@ -528,6 +528,9 @@ def nspawn_argv(root: Path, name: str) -> list[str]:
         "--keep-unit",
         f"--network-namespace-path=/run/netns/{netns_name(name)}",
         "--resolv-conf=off",  # the image's own resolv.conf (no DNS) stays
+        # nspawn would otherwise rewrite /etc/localtime at every boot to match this machine,
+        # undoing what the base role set (drift that no real server has).
+        "--timezone=off",
         "--link-journal=no",
         "-b",
         "-M",

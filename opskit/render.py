@@ -5,18 +5,23 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from opskit.errors import TemplateError
-from opskit.roles import TEMPLATES_DIR
+from opskit.roles import template_dirs
+
+
+def environment() -> jinja2.Environment:
+    return _environment(template_dirs())
 
 
 @cache
-def environment() -> jinja2.Environment:
+def _environment(dirs: tuple[Path, ...]) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

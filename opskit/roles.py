@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -17,6 +18,20 @@ from opskit.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 ROLES_DIR = REPO / "roles"
 TEMPLATES_DIR = REPO / "templates"
+# More trees laid out like the repo (<dir>/roles/<role>/, <dir>/templates/<role>/), separated by
+# ':'; their roles come after the repo's own (the benchmark's slice lives in bench/ this way).
+ROLES_PATH_ENV = "OPSKIT_ROLES_PATH"
+
+
+def extra_roots() -> tuple[Path, ...]:
+    """The trees named by $OPSKIT_ROLES_PATH (none when it is unset: the default)."""
+    raw = os.environ.get(ROLES_PATH_ENV, "")
+    return tuple(Path(p).resolve() for p in raw.split(os.pathsep) if p.strip())
+
+
+def template_dirs() -> tuple[Path, ...]:
+    """Where templates are looked up: the repo's templates/, then each extra tree's."""
+    return (TEMPLATES_DIR, *(root / "templates" for root in extra_roots()))
 
 # Roles converge in this order on a host, whatever order the inventory lists them in.
 ORDER = ("base", "postgresql", "app", "nginx", "certbot", "healthcheck", "backup", "papertrail")
@@ -48,13 +63,30 @@ def _load_module(name: str, path: Path) -> ModuleType:
     return module
 
 
+def available_roles(roles_dir: Path | None = None) -> Mapping[str, Role]:
+    """All roles on disk, in converge order; each role's defaults.yml read and checked once.
+
+    Without `roles_dir`: the repo's roles/ and those of the trees in $OPSKIT_ROLES_PATH.
+    """
+    if roles_dir is not None:
+        return _scan_roles((roles_dir,))
+    return _scan_roles((ROLES_DIR, *(root / "roles" for root in extra_roots())))
+
+
 @cache
-def available_roles(roles_dir: Path = ROLES_DIR) -> Mapping[str, Role]:
-    """All roles on disk, in converge order; each role's defaults.yml read and checked once."""
+def _scan_roles(roles_dirs: tuple[Path, ...]) -> Mapping[str, Role]:
+    where: dict[str, Path] = {}
+    for roles_dir in roles_dirs:
+        if not roles_dir.is_dir():
+            raise ConfigError(f"{roles_dir}: no such roles directory (check ${ROLES_PATH_ENV})")
+        for p in roles_dir.iterdir():
+            if (p / "role.py").is_file():
+                if p.name in where:
+                    raise ConfigError(f"{p}: role '{p.name}' is also defined in {where[p.name]}")
+                where[p.name] = p
     found: dict[str, Role] = {}
-    names = sorted(p.name for p in roles_dir.iterdir() if (p / "role.py").is_file())
-    for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
-        path = roles_dir / name
+    for name in sorted(where, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        path = where[name]
         defaults_file = path / "defaults.yml"
         defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
         defaults = defaults or {}
