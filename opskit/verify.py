@@ -20,8 +20,9 @@ from opskit.roles import REPO
 INFRA = REPO / "tests" / "infra"
 
 
-def ssh_config(inventory: Inventory, hosts: Sequence[Host]) -> str:
-    """An OpenSSH client config for `hosts`, host keys checked strictly."""
+def ssh_config(inventory: Inventory, hosts: Sequence[Host], control_dir: Path) -> str:
+    """An OpenSSH client config for `hosts`, host keys checked strictly, one master connection
+    per host that every check of the run reuses."""
     out = []
     for h in hosts:
         out += [
@@ -34,6 +35,7 @@ def ssh_config(inventory: Inventory, hosts: Sequence[Host]) -> str:
             f"  ConnectTimeout {int(inventory.ssh.connect_timeout)}",
             "  BatchMode yes",
             "  LogLevel ERROR",
+            f"  ControlPath {control_dir}/%C",
         ]
         if inventory.ssh.identity:
             out += [f"  IdentityFile {inventory.ssh.identity}", "  IdentitiesOnly yes"]
@@ -44,7 +46,7 @@ def run_verify(inventory: Inventory, hosts: Sequence[Host], extra: Sequence[str]
     """Run pytest on tests/infra for `hosts`; each spec only on hosts that have its role."""
     with tempfile.TemporaryDirectory(prefix="opskit-verify-") as tmp:
         cfg = Path(tmp) / "ssh_config"
-        cfg.write_text(ssh_config(inventory, hosts))
+        cfg.write_text(ssh_config(inventory, hosts, Path(tmp)))
         env = dict(os.environ)
         env["OPSKIT_INVENTORY"] = str(inventory.path)
         env["OPSKIT_ROLE_HOSTS"] = json.dumps({h.name: list(h.roles) for h in hosts})
@@ -61,4 +63,9 @@ def run_verify(inventory: Inventory, hosts: Sequence[Host], extra: Sequence[str]
             "--sudo",
             *extra,
         ]
-        return subprocess.call(cmd, cwd=REPO, env=env)
+        try:
+            return subprocess.call(cmd, cwd=REPO, env=env)
+        finally:
+            for h in hosts:  # close the master connections testinfra left behind
+                subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", h.name],
+                               capture_output=True, check=False, timeout=10)

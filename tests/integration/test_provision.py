@@ -164,3 +164,31 @@ def test_10_root_login_is_supported(tmp_path, lab_inventory):
 
 def test_11_inventory_file_is_the_lab_default():
     assert load_inventory(LAB_INVENTORY).ssh.known_hosts.name == "known_hosts"
+
+
+def test_12_sudo_with_a_password_from_a_secret(tmp_path, lab_spec, lab_inventory):
+    db1 = lab_inventory.hosts[2]
+    setup = (
+        "id ops2 >/dev/null 2>&1 || useradd -m -s /bin/bash ops2; echo 'ops2:pw-12345' | chpasswd;"
+        " install -d -m 700 -o ops2 -g ops2 /home/ops2/.ssh;"
+        " install -m 600 -o ops2 -g ops2 /home/deploy/.ssh/authorized_keys /home/ops2/.ssh/;"
+        " echo 'ops2 ALL=(ALL:ALL) ALL' > /etc/sudoers.d/ops2; chmod 440 /etc/sudoers.d/ops2"
+    )
+    lab.exec_in(lab_spec, db1.name, ["sh", "-c", setup])
+
+    def change(data):
+        data["groups"]["db"]["hosts"][db1.name]["user"] = "ops2"
+        data["ssh"]["sudo_password"] = {"secret": "OPSKIT_TEST_SUDO"}
+
+    path = write_inventory(tmp_path, change)
+    try:
+        good = inv("provision", "-i", str(path), "--hosts", db1.name, "--verbose",
+                   env={"OPSKIT_TEST_SUDO": "pw-12345"})
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "ok=" in good.stdout and "pw-12345" not in good.stdout + good.stderr
+        bad = inv("provision", "-i", str(path), "--hosts", db1.name,
+                  env={"OPSKIT_TEST_SUDO": "wrong-pw-999"})
+        assert bad.returncode == 1 and "sudo password was refused" in bad.stdout
+        assert "wrong-pw-999" not in bad.stdout + bad.stderr
+    finally:
+        lab.exec_in(lab_spec, db1.name, ["sh", "-c", "rm -f /etc/sudoers.d/ops2; userdel -r ops2"])
