@@ -51,7 +51,7 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     def __init__(self, host: Host, known_hosts: Path) -> None:
         self.host, self.known_hosts = host, known_hosts
 
