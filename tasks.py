@@ -236,8 +236,10 @@ def test(c, fast=False):
 
 @task
 def lint(c):
-    """ruff check and format check."""
-    c.run(f"{sys.executable} -m ruff check . && {sys.executable} -m ruff format --check .")
+    """ruff check, ruff format --check, mypy --strict on opskit."""
+    py = sys.executable
+    c.run(f"{py} -m ruff check . && {py} -m ruff format --check . && "
+          f"{py} -m mypy --strict --ignore-missing-imports opskit")
 
 
 hosts_ns = Collection("hosts")
