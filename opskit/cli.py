@@ -22,7 +22,7 @@ DEFAULT_INVENTORY = REPO / "inventories" / "lab.yml"
 COMMON_HELP = {
     "inventory": "inventory file (default: $OPSKIT_INVENTORY or inventories/lab.yml, the lab)",
     "hosts": "hosts: names, groups or globs, comma-separated (default: all)",
-    "workers": "hosts converged at once (default 8)",
+    "workers": "hosts worked on at once (default 32)",
     "json": "print the results as JSON on stdout instead of lines",
     "ask_sudo_pass": "ask once for the deploy user's sudo password (or set it in the inventory)",
 }

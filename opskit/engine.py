@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from opskit.secrets import redact
 log = logging.getLogger(__name__)
 
 MARK = "@@opskit"
+q = shlex.quote
 _SECTION = re.compile(rf"^{MARK} (\d+)$", re.M)
 _DONE = re.compile(rf"^{MARK}-done (\d+)$", re.M)
 
@@ -40,8 +42,76 @@ class Planned:
     plan: Plan
 
 
+# Shell helpers of the resources' probes. Each answers from what prefetch_script read for all
+# resources at once (one `stat`, one `sha256sum`, one `systemctl is-enabled` and one `is-active`
+# for the whole host instead of one or two processes per resource) and falls back to reading
+# directly what was not prefetched; their output is what the direct commands print.
+PROBE_HELPERS = r"""declare -A _opskit_pre=() _opskit_st=() _opskit_sh=()
+declare -A _opskit_en=() _opskit_ac=()
+_opskit_stat() {
+  if [ -n "${_opskit_st[$1]+x}" ]; then printf '%s\n' "${_opskit_st[$1]}"
+  elif [ -n "${_opskit_pre[$1]+x}" ]; then echo absent
+  elif [ -e "$1" ] || [ -L "$1" ]; then stat -c '%F|%a|%U|%G' -- "$1"
+  else echo absent; fi
+}
+_opskit_sha256() {
+  if [ -n "${_opskit_sh[$1]+x}" ]; then _opskit_s=${_opskit_sh[$1]}
+  else _opskit_s=$(sha256sum < "$1"); _opskit_s=${_opskit_s%% *}; fi
+}
+_opskit_unit() {
+  local e a
+  if [ -n "${_opskit_en[$1]+x}" ]; then e=${_opskit_en[$1]}
+  else e=$(systemctl is-enabled -- "$1" 2>/dev/null); fi
+  if [ -n "${_opskit_ac[$1]+x}" ]; then a=${_opskit_ac[$1]}
+  else a=$(systemctl is-active -- "$1"); fi
+  printf '%s|%s\n' "$e" "$a"
+}
+"""
+
+
+def prefetch_script(resources: Sequence[Resource]) -> str:
+    """Shell that reads, in one process per kind, what the probes of `resources` will ask."""
+    wanted: dict[str, dict[str, None]] = {"stat": {}, "sha256": {}, "unit": {}}
+    for r in resources:
+        for kind, items in r.prefetch().items():
+            if kind in wanted:  # an unknown kind is simply not prefetched
+                wanted[kind].update(dict.fromkeys(items))
+    stat, sha, units = (list(wanted[k]) for k in ("stat", "sha256", "unit"))
+    lines = [PROBE_HELPERS.rstrip("\n")]
+    if stat:
+        args = " ".join(q(p) for p in stat)
+        lines += [
+            f"for _opskit_k in {args}; do _opskit_pre[$_opskit_k]=1; done",
+            "while IFS= read -r -d '' _opskit_k && IFS= read -r -d '' _opskit_v; do "
+            "_opskit_st[$_opskit_k]=$_opskit_v; done "
+            f"< <(stat --printf '%n\\0%F|%a|%U|%G\\0' -- {args} 2>/dev/null)",
+        ]
+    if sha:
+        # `sha256sum -z` prints "<64 hex><space><space or *><name>\0", names unescaped.
+        lines.append(
+            "while IFS= read -r -d '' _opskit_v; do _opskit_sh[${_opskit_v:66}]=${_opskit_v:0:64}; "
+            f"done < <(sha256sum -z -- {' '.join(q(p) for p in sha)} 2>/dev/null)"
+        )
+    if units:
+        # One line per unit, in order; is-enabled stops at an unknown unit, so its answers are
+        # used only when there is one per unit (the helper asks each unit itself otherwise).
+        args = " ".join(q(u) for u in units)
+        for cmd, var, arr in (
+            ("is-enabled", "_opskit_e", "_opskit_en"),
+            ("is-active", "_opskit_a", "_opskit_ac"),
+        ):
+            sets = "; ".join(
+                f"_opskit_k={q(u)}; {arr}[$_opskit_k]=${{{var}[{i}]}}" for i, u in enumerate(units)
+            )
+            lines.append(
+                f"mapfile -t {var} < <(systemctl {cmd} -- {args} 2>/dev/null); "
+                f"if [ ${{#{var}[@]}} -eq {len(units)} ]; then {sets}; fi"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def probe_script(resources: Sequence[Resource]) -> str:
-    parts = ["exec 2>&1"]
+    parts = ["exec 2>&1", prefetch_script(resources).rstrip("\n")]
     for i, r in enumerate(resources):
         parts.append(f"echo '{MARK} {i}'")
         parts.append(r.probe())

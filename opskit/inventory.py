@@ -48,8 +48,8 @@ class Host:
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
-        found = [v for v in self.vars.values() if isinstance(v, Secret)]
-        return tuple(found)
+        """Every secret value in the host's variables, at any depth (for redaction)."""
+        return tuple(_secrets_in(list(self.vars.values())))
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,7 @@ class _Loader:
         for k, v in raw.items():
             if k not in self.declared:
                 raise self.err(f"{key}.{k}", f"unknown variable{_hint(k, self.declared)}")
-            out[k] = self.resolve(v, f"{key}.{k}") if isinstance(v, dict) else v
+            out[k] = self.resolve(v, f"{key}.{k}")
         return out
 
     def resolve(self, value: Any, key: str) -> Any:
@@ -271,6 +271,11 @@ class _Loader:
             return secret
         if isinstance(value, dict) and "secret" in value:
             raise self.err(key, "a secret reference is exactly {secret: NAME}")
+        # Secrets may sit anywhere inside a variable (e.g. app_env: {API_TOKEN: {secret: X}}).
+        if isinstance(value, dict):
+            return {k: self.resolve(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, f"{key}[{i}]") for i, v in enumerate(value)]
         return value
 
     def address(self, value: Any, key: str) -> str:
@@ -282,6 +287,16 @@ class _Loader:
             if not all(part and (part.replace("-", "").isalnum()) for part in value.split(".")):
                 raise self.err(key, f"not an IP address or host name: {value!r}") from None
         return value
+
+
+def _secrets_in(value: Any) -> list[Secret]:
+    if isinstance(value, Secret):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [s for item in value for s in _secrets_in(item)]
+    return []
 
 
 def _check_name(loader: _Loader, key: str, name: str) -> None:

@@ -52,7 +52,15 @@ class Resource:
     id: str
 
     def probe(self) -> str:
+        """Read-only shell printing the state. It runs inside engine.probe_script, whose helpers
+        (engine.PROBE_HELPERS: `_opskit_stat`, `_opskit_sha256`, `_opskit_unit`) answer from
+        state read for all resources at once (see prefetch) and fall back to reading directly."""
         raise NotImplementedError
+
+    def prefetch(self) -> Mapping[str, Sequence[str]]:
+        """What the engine may read for every resource in one go before the probes run:
+        {"stat": paths, "sha256": paths, "unit": systemd units}. Only an optimisation."""
+        return {}
 
     def plan(self, state: str, changed: frozenset[str]) -> Plan:
         """Decide from the probe output (pure). `changed`: ids of resources changing before."""
@@ -103,8 +111,8 @@ def parse_stat(line: str) -> tuple[str, int, str, str]:
 
 
 def _stat_probe(path: str) -> str:
-    p = q(path)
-    return f"if [ -e {p} ] || [ -L {p} ]; then stat -c '%F|%a|%U|%G' -- {p}; else echo absent; fi"
+    # Prints `stat -c '%F|%a|%U|%G'` of the path, or "absent" (engine.PROBE_HELPERS).
+    return f"_opskit_stat {q(path)}"
 
 
 def _attr_reasons(current: FileState, mode: int, owner: str, group: str) -> list[str]:
@@ -147,11 +155,14 @@ class File(Resource):
     def probe(self) -> str:
         p = q(self.path)
         return (
-            f"if [ -e {p} ] || [ -L {p} ]; then stat -c '%F|%a|%U|%G' -- {p}; "
-            f'if [ -f {p} ]; then s=$(sha256sum < {p}); s=${{s%% *}}; echo "$s"; '
-            f'if [ "$s" != {self.sha256} ] && [ $(stat -c %s -- {p}) -le {DIFF_LIMIT} ]; '
-            f"then base64 -w0 < {p}; echo; fi; fi; else echo absent; fi"
+            f"_opskit_stat {p}; "
+            f'if [ -f {p} ]; then _opskit_sha256 {p}; echo "$_opskit_s"; '
+            f'if [ "$_opskit_s" != {self.sha256} ] && [ $(stat -c %s -- {p}) -le {DIFF_LIMIT} ]; '
+            f"then base64 -w0 < {p}; echo; fi; fi"
         )
+
+    def prefetch(self) -> Mapping[str, Sequence[str]]:
+        return {"stat": [self.path], "sha256": [self.path]}
 
     @staticmethod
     def parse(state: str) -> FileState | None:
@@ -251,6 +262,9 @@ class Directory(Resource):
 
     def probe(self) -> str:
         return _stat_probe(self.path)
+
+    def prefetch(self) -> Mapping[str, Sequence[str]]:
+        return {"stat": [self.path]}
 
     def plan(self, state: str, changed: frozenset[str]) -> Plan:
         if state.strip() == "absent":
@@ -363,9 +377,11 @@ class Service(Resource):
         return f"service:{self.name}"
 
     def probe(self) -> str:
-        n = q(self.name)
-        # is-enabled: enabled/disabled/static/masked/...; is-active: active/inactive/failed
-        return f'echo "$(systemctl is-enabled -- {n} 2>/dev/null)|$(systemctl is-active -- {n})"'
+        # "<is-enabled>|<is-active>": enabled/disabled/static/masked/... | active/inactive/failed
+        return f"_opskit_unit {q(self.name)}"
+
+    def prefetch(self) -> Mapping[str, Sequence[str]]:
+        return {"unit": [self.name]}
 
     def plan(self, state: str, changed: frozenset[str]) -> Plan:
         enabled, _, active = state.strip().partition("|")
@@ -565,7 +581,7 @@ def validate_cron_schedule(schedule: str) -> str:
             if len(bounds) > 2:
                 raise ConfigError(f"cron schedule {schedule!r}: {names[i]} {item!r} is invalid")
             for b in bounds:
-                if b.lower() in _CRON_NAMES.get(i, []) and len(bounds) == 1:
+                if b.lower() in _CRON_NAMES.get(i, []):  # jan, mon, ... also in ranges
                     continue
                 if not b.isdigit():
                     raise ConfigError(

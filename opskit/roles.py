@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -33,6 +34,7 @@ def template_dirs() -> tuple[Path, ...]:
     """Where templates are looked up: the repo's templates/, then each extra tree's."""
     return (TEMPLATES_DIR, *(root / "templates" for root in extra_roots()))
 
+
 # Roles converge in this order on a host, whatever order the inventory lists them in.
 ORDER = ("base", "postgresql", "app", "nginx", "certbot", "healthcheck", "backup", "papertrail")
 
@@ -59,7 +61,13 @@ def _load_module(name: str, path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ConfigError(f"{path}: cannot load role module")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Registered before it runs, as `import` does: dataclasses and typing look the module up.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
     return module
 
 

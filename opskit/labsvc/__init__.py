@@ -42,7 +42,16 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from opskit.lab import LabSpec
 
-__all__ = ["SERVICES", "LabService", "find_service", "inbox_dir", "read_inbox", "service_url"]
+__all__ = [
+    "SERVICES",
+    "LabService",
+    "ensure_lab_secrets",
+    "find_service",
+    "inbox_dir",
+    "lab_secrets_path",
+    "read_inbox",
+    "service_url",
+]
 
 
 @dataclass(frozen=True)
@@ -114,13 +123,187 @@ def _inbox_argv(kind: str) -> Callable[[LabSpec], list[str]]:
     return argv
 
 
+def _prepare_secrets(spec: LabSpec) -> None:
+    """`prepare` of the stand-ins that check credentials: the lab's secrets file exists."""
+    ensure_lab_secrets(spec)
+
+
 # Slack's incoming webhooks: http://<gateway>:8025/services/T…/B…/<token>
-SLACK = LabService("slack", 8025, _inbox_argv("slack"))
+SLACK = LabService("slack", 8025, _inbox_argv("slack"), prepare=_prepare_secrets)
 # UptimeRobot heartbeat URLs: http://<gateway>:8026/<token>
 HEARTBEAT = LabService("heartbeat", 8026, _inbox_argv("heartbeat"))
 
+
+SENTRY_PORT = 8028  # the Sentry stand-in (API and event ingestion)
+
+
+def _monitoring_argv(name: str) -> Callable[[LabSpec], list[str]]:
+    """UptimeRobot API v3, Sentry and the TLS syslog receivers (opskit.labsvc.<module>)."""
+
+    def argv(spec: LabSpec) -> list[str]:
+        service = find_service(name)
+        args = [sys.executable, "-m", f"opskit.labsvc.{name.split('-')[0]}"]
+        args += ["--listen", service.address(spec), "--port", str(service.port)]
+        args += ["--dir", str(inbox_dir(spec, name))]
+        if name.startswith("syslog"):
+            pki = inbox_dir(spec, name) / "pki"
+            return [*args, "--cert", str(pki / "server.pem"), "--key", str(pki / "server.key")]
+        args += ["--secrets", str(lab_secrets_path(spec))]
+        if name == "uptimerobot":
+            args += ["--heartbeat-base", service_url(spec, "heartbeat")]
+        return args
+
+    return argv
+
+
+def _prepare_syslog(name: str, ca_name: str) -> Callable[[LabSpec], None]:
+    def prepare(spec: LabSpec) -> None:
+        from opskit.labsvc.syslog import ensure_pki
+
+        ensure_pki(inbox_dir(spec, name) / "pki", ca_name=ca_name, address=_gateway_ip(spec))
+
+    return prepare
+
+
+# UptimeRobot's API v3: http://<gateway>:8027/v3 (Bearer UPTIMEROBOT_API_KEY)
+UPTIMEROBOT = LabService(
+    "uptimerobot", 8027, _monitoring_argv("uptimerobot"), prepare=_prepare_secrets
+)
+# Sentry's web API (/api/0/, Bearer SENTRY_AUTH_TOKEN) and ingestion (SENTRY_DSN) on one port.
+SENTRY = LabService("sentry", SENTRY_PORT, _monitoring_argv("sentry"), prepare=_prepare_secrets)
+# Papertrail: syslog over TLS (certificate from the lab CA, <dir>/pki/ca.pem), and a receiver
+# whose certificate comes from a CA the hosts do not trust (they must send it nothing).
+SYSLOG = LabService(
+    "syslog", 6514, _monitoring_argv("syslog"), prepare=_prepare_syslog("syslog", "opskit lab CA")
+)
+SYSLOG_WRONGCERT = LabService(
+    "syslog-wrongcert",
+    6515,
+    _monitoring_argv("syslog-wrongcert"),
+    prepare=_prepare_syslog("syslog-wrongcert", "untrusted CA"),
+)
+
+
+def _s3_argv(spec: LabSpec) -> list[str]:
+    service = find_service("s3")
+    return [
+        sys.executable,
+        "-m",
+        "opskit.labsvc.s3",
+        "--listen",
+        service.address(spec),
+        "--port",
+        str(service.port),
+    ]
+
+
+# S3 (moto's server, state in memory): http://<gateway>:5000, path-style; backups go here.
+def _prepare_s3(spec: LabSpec) -> None:
+    ensure_lab_secrets(spec)  # the lab's S3 keys (and the other lab secrets) exist
+
+
+S3 = LabService("s3", 5000, _s3_argv, prepare=_prepare_s3, ready_timeout=60.0)
+
+
+# ACME (Debian's pebble, opskit/labsvc/pebble.py): https://<gateway>:14000/dir, its HTTPS
+# certificate from <state_dir>/services/pebble/pki/ca.pem (the hosts' certbot_acme_ca_file).
+def _pebble_dir(spec: LabSpec) -> Path:
+    return spec.state_dir / "services" / "pebble"
+
+
+def _pebble_argv(spec: LabSpec) -> list[str]:
+    from opskit.labsvc import pebble
+
+    return [pebble.PEBBLE, "-config", str(_pebble_dir(spec) / "pebble.json")]
+
+
+def _prepare_pebble(spec: LabSpec) -> None:
+    from opskit.labsvc import pebble
+
+    pebble.prepare(_pebble_dir(spec), _gateway_ip(spec))
+
+
+def _pebble_env(spec: LabSpec) -> Mapping[str, str]:
+    from opskit.labsvc import pebble
+
+    return pebble.ENV  # PEBBLE_VA_ALWAYS_VALID=1 (no DNS in the lab), no sleeps, no bad nonces
+
+
+PEBBLE = LabService("pebble", 14000, _pebble_argv, env_builder=_pebble_env, prepare=_prepare_pebble)
+
 # Started in this order by `up`, stopped in reverse order by `down`.
-SERVICES: tuple[LabService, ...] = (APT_PROXY, SLACK, HEARTBEAT)
+SERVICES: tuple[LabService, ...] = (
+    APT_PROXY,
+    SLACK,
+    HEARTBEAT,
+    UPTIMEROBOT,
+    SENTRY,
+    SYSLOG,
+    SYSLOG_WRONGCERT,
+    S3,
+    PEBBLE,
+)
+
+
+# --- lab secrets ---------------------------------------------------------------------------
+# The lab inventory's `{secret: NAME}` values live in <state_dir>/secrets.env (mode 0600), written
+# by `lab.up` (the stand-ins' `prepare`) with lab-only values: a fresh clone works without any
+# real credential. Existing values are kept; missing names are added.
+
+
+def _gateway_ip(spec: LabSpec) -> str:
+    return str(spec.gateway.split("/", 1)[0])
+
+
+def lab_secrets_path(spec: LabSpec) -> Path:
+    """The lab's secrets file (`secrets.file` of the lab inventory points here)."""
+    return spec.state_dir / "secrets.env"
+
+
+def _lab_secret_builders() -> dict[str, Callable[[LabSpec, str], str]]:
+    """NAME -> how to make its lab-only value from the spec and a fresh random token."""
+    return {
+        "SLACK_WEBHOOK_URL": lambda spec, t: (
+            f"{service_url(spec, 'slack')}/services/T0LAB0000/B0LAB0000/{t[:24]}"
+        ),
+        "UPTIMEROBOT_API_KEY": lambda spec, t: f"u0000000-{t}",
+        "SENTRY_AUTH_TOKEN": lambda spec, t: f"sntryu_{t}",
+        "SENTRY_DSN": lambda spec, t: f"http://{t[:32]}@{_gateway_ip(spec)}:{SENTRY_PORT}/1",
+        # S3 (moto accepts any keys) and the app's PostgreSQL password (roles backup, postgresql)
+        "BACKUP_S3_ACCESS_KEY_ID": lambda spec, t: f"LAB{t[:17].upper()}",
+        "BACKUP_S3_SECRET_ACCESS_KEY": lambda spec, t: t,
+        "POSTGRES_APP_PASSWORD": lambda spec, t: t[:24],
+    }
+
+
+def ensure_lab_secrets(spec: LabSpec) -> dict[str, str]:
+    """Make <state_dir>/secrets.env hold a lab-only value for every known secret; return them all.
+
+    Values already in the file are kept (so hosts configured with them stay right); the file is
+    written atomically with mode 0600 only when a name was missing.
+    """
+    import os
+    import secrets as pysecrets
+
+    from opskit.secrets import read_secrets_file
+
+    path = lab_secrets_path(spec)
+    values = read_secrets_file(path) if path.exists() else {}
+    missing = {
+        name: build(spec, pysecrets.token_hex(20))
+        for name, build in _lab_secret_builders().items()
+        if name not in values
+    }
+    if missing:
+        values.update(missing)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# Lab-only secrets written by `inv lab.up`; never real credentials.\n")
+            f.writelines(f"{k}={v}\n" for k, v in sorted(values.items()))
+        os.replace(tmp, path)
+    return values
 
 
 def inbox_dir(spec: LabSpec, name: str) -> Path:
@@ -147,6 +330,31 @@ def describe_item(name: str, item: Mapping[str, Any]) -> str:
         return f"{when} from {item.get('from')}: {text}"
     if name == "heartbeat":
         return f"{when} {item.get('method')} /{item.get('token')} from {item.get('from')}"
+    if name == "uptimerobot":
+        m = item.get("monitor", {})
+        target = m.get("url", "") + (f":{m['port']}" if m.get("port") else "")
+        fields = f" ({', '.join(item['fields'])})" if item.get("fields") else ""
+        tags = ",".join(m.get("tags", [])) or "no tags"
+        return (
+            f"{when} {item.get('action')} monitor {m.get('id')} {m.get('friendlyName')!r} "
+            f"{m.get('type')} {target} [{tags}]{fields}"
+        )
+    if name == "sentry":
+        kind = item.get("kind")
+        if kind == "event":
+            return (
+                f"{when} event {item.get('level')} {item.get('message')!r} "
+                f"env={item.get('environment')} release={item.get('release')} "
+                f"from {item.get('from')}"
+            )
+        if kind == "rule":
+            return f"{when} alert rule {item.get('action')}: {item.get('name')!r}"
+        if kind == "deploy":
+            return f"{when} deploy of release {item.get('version')} to {item.get('environment')}"
+        return f"{when} {kind} {item.get('version')}"
+    if name.startswith("syslog"):
+        where = f"(from {item.get('from')})"
+        return f"{when} {item.get('host')} {item.get('app')}: {item.get('msg')} {where}"
     return f"{when} {json.dumps(item, sort_keys=True)[:300]}"
 
 

@@ -162,8 +162,31 @@ def test_malformed_secrets_line_does_not_echo_it(tmp_path):
     assert "hunter2" not in str(info.value)
 
 
+class _AnySecret(dict):
+    """An environment in which every secret the inventories name is set (to "x")."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> str:
+        return "x"
+
+
 def test_real_inventories_load():
     for name in ("lab.yml", "production.example.yml"):
         path = Path(__file__).parents[2] / "inventories" / name
-        inv = load_inventory(path, environ={"OPSKIT_SUDO_PASSWORD": "x"})
+        inv = load_inventory(path, environ=_AnySecret())
         assert inv.hosts
+
+
+def test_secret_inside_a_mapping_is_resolved_and_redacted(tmp_path):
+    text = SECRET_INV.replace("secrets: {file: secrets.env}\n", "").replace(
+        "vars: {app_secret: {secret: APP_SECRET}}",
+        "vars: {app_secret: {TOKEN: {secret: APP_SECRET}, PLAIN: x}}",
+    )
+    host = load(tmp_path, text, environ={"APP_SECRET": "hunter2"}).hosts[0]
+    assert host.vars["app_secret"] == {"TOKEN": "hunter2", "PLAIN": "x"}
+    assert isinstance(host.vars["app_secret"]["TOKEN"], Secret)
+    assert host.secrets == ("hunter2",)
+    with pytest.raises(ConfigError, match=r"vars.app_secret.TOKEN: secret APP_SECRET is not set"):
+        load(tmp_path, text, environ={})

@@ -1,0 +1,201 @@
+"""The Markdown report (bench/RESULTS.md) from the raw measurements, and the issue's targets."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+STEP_TITLES = {
+    "first": "first converge (fresh hosts)",
+    "noop": "no-change re-run",
+    "adhoc": "ad-hoc command (`uptime`)",
+}
+TARGETS = {"noop_vs_ansible": 50.0, "noop_vs_pyinfra": 3.0, "noop_commands_per_host": 3}
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    os_name = "?"
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("PRETTY_NAME="):
+            os_name = line.split("=", 1)[1].strip('"')
+    return {
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "os": f"{os_name}, kernel {platform.release()}",
+    }
+
+
+def _steps(data: Mapping[str, Any], n: int, tool: str, step: str) -> list[Mapping[str, Any]]:
+    return [s for s in data["steps"] if s["n"] == n and s["tool"] == tool and s["step"] == step]
+
+
+def median(data: Mapping[str, Any], n: int, tool: str, step: str, key: str) -> float | None:
+    values = [s[key] for s in _steps(data, n, tool, step)]
+    return statistics.median(values) if values else None
+
+
+def median_or_none(data: Mapping[str, Any], n: int, tool: str, step: str, key: str) -> float | None:
+    values = [s.get(key) for s in _steps(data, n, tool, step)]
+    return statistics.median(values) if values and None not in values else None
+
+
+def commands(data: Mapping[str, Any], n: int, tool: str, step: str, key: str = "sessions") -> str:
+    """Remote commands (or logins) per host: the range over every host and round."""
+    values = [v for s in _steps(data, n, tool, step) for v in s[key].values()]
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """`a/b` and how many times faster a is.
+
+    >>> ratio(0.5, 25.0)
+    '0.020 (50x)'
+    """
+    if a is None or b is None or a == 0:
+        return "-"
+    return f"{a / b:.3f} ({b / a:.0f}x)" if b / a >= 10 else f"{a / b:.3f} ({b / a:.1f}x)"
+
+
+def speedups(data: Mapping[str, Any], n: int, step: str) -> dict[str, float]:
+    o = median(data, n, "opskit", step, "wall")
+    out = {}
+    for other in ("ansible", "pyinfra"):
+        m = median(data, n, other, step, "wall")
+        if o and m:
+            out[other] = m / o
+    return out
+
+
+def missed_targets(data: Mapping[str, Any]) -> list[str]:
+    n = max(data["sizes"])
+    missed = []
+    up = speedups(data, n, "noop")
+    if "ansible" in up and up["ansible"] < TARGETS["noop_vs_ansible"]:
+        missed.append(f"N={n}: no-change run only {up['ansible']:.1f}x faster than Ansible")
+    if "pyinfra" in up and up["pyinfra"] < TARGETS["noop_vs_pyinfra"]:
+        missed.append(f"N={n}: no-change run only {up['pyinfra']:.1f}x faster than pyinfra")
+    worst = max(
+        (v for s in _steps(data, n, "opskit", "noop") for v in s["sessions"].values()), default=0
+    )
+    if worst > TARGETS["noop_commands_per_host"]:
+        missed.append(f"N={n}: {worst} remote commands on a host in a no-change run")
+    first = speedups(data, n, "first")
+    missed += [f"N={n}: first converge not faster than {t}" for t, v in first.items() if v <= 1]
+    return missed
+
+
+def _table(data: Mapping[str, Any], n: int, tools: Sequence[str]) -> list[str]:
+    names = {"opskit": "opskit", "ansible": "Ansible", "pyinfra": "pyinfra"}
+    head = ["step"] + [f"{names[t]} s" for t in tools]
+    if "opskit" in tools:
+        head += [f"opskit/{names[t]}" for t in tools if t != "opskit"]
+    head += [
+        "operator CPU s (" + " / ".join(names[t] for t in tools) + ")",
+        "CPU s on the hosts (" + " / ".join(names[t] for t in tools) + ")",
+        "remote commands per host (" + " / ".join(names[t] for t in tools) + ")",
+        "SSH logins per host",
+    ]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step in STEP_TITLES:
+        walls = {t: median(data, n, t, step, "wall") for t in tools}
+        cells = [STEP_TITLES[step]]
+        cells += [f"{walls[t]:.2f}" if walls[t] is not None else "-" for t in tools]
+        if "opskit" in tools:
+            cells += [ratio(walls["opskit"], walls[t]) for t in tools if t != "opskit"]
+        cpus = [median(data, n, t, step, "cpu") for t in tools]
+        cells.append(" / ".join(f"{c:.2f}" if c is not None else "-" for c in cpus))
+        remote = [median_or_none(data, n, t, step, "remote_cpu") for t in tools]
+        cells.append(" / ".join(f"{c:.2f}" if c is not None else "-" for c in remote))
+        cells.append(" / ".join(commands(data, n, t, step) for t in tools))
+        cells.append(" / ".join(commands(data, n, t, step, "connections") for t in tools))
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def markdown(data: Mapping[str, Any]) -> str:
+    tools = data["tools"]
+    out = [
+        "# Benchmark: opskit, Ansible and pyinfra on the same lab hosts",
+        "",
+        f"Run {data['started']} with `{data['command']}` ({data['duration_s']} s; lab boot "
+        f"{data['lab_boot_s']} s). Medians of {data['runs']} rounds; the tools' order rotates "
+        "from round to round. Times are wall seconds from the tool's start to its exit; "
+        f"operator CPU is measured with {data['cpu_meter']} accounting over the tool's whole "
+        "process tree; CPU on the hosts is what their cgroups used (all hosts together; they share "
+        "the machine's cores); remote commands per host are the `Starting session:` lines each "
+        "host's sshd logged (range over hosts and rounds).",
+        "",
+    ]
+    for n in data["sizes"]:
+        out += [f"## {n} host{'s' if n != 1 else ''}", "", *_table(data, n, tools), ""]
+    out += [
+        "## End state",
+        "",
+        f"After every first converge, {data['state_lines_per_host']} facts per host (type, mode, "
+        "owner, group and sha256 of every file and directory of the slice, packages, services) "
+        "were read through nsenter: "
+        + (
+            "**identical for all three tools on every host.**"
+            if data["identical_state"]
+            else "**they differ — see problems below.**"
+        ),
+        "",
+    ]
+    if "opskit" in tools:
+        n = max(data["sizes"])
+        missed = missed_targets(data)
+        up = speedups(data, n, "noop")
+        out += [f"## Targets at {n} hosts", ""]
+        out += [f"- no-change run: {up[t]:.0f}x faster than {t} " for t in up]
+        out += [
+            "- remote commands per host in a no-change run: " + commands(data, n, "opskit", "noop"),
+            "- first converge: "
+            + ", ".join(f"{v:.1f}x faster than {t}" for t, v in speedups(data, n, "first").items()),
+            "- " + ("all met" if not missed else "MISSED: " + "; ".join(missed)),
+            "",
+        ]
+    out += [
+        "## How the runs were made",
+        "",
+        "- The same 17 resources per host for all three tools, from one definition "
+        "(`bench/roles/benchslice/defaults.yml`; bench/README.md lists them).",
+        "- first converge: before it, the slice is taken away on every host through nsenter "
+        "(files, directories and cron entries removed, cron disabled and stopped), so each tool "
+        "finds what a fresh host has; the hosts are not re-booted between runs.",
+        "- Every tool: the same hosts, user (`deploy`, sudo), key and strict host-key checking; "
+        "as many workers as hosts (opskit `--workers N`, Ansible `forks = N` with pipelining, "
+        "ControlPersist and no fact gathering, pyinfra `--parallel N`).",
+        "- The hosts run on the same 2 cores as the tools, so the CPU a tool makes the hosts "
+        "spend (sshd sessions, sudo, remote Python, systemctl) shows in its wall time.",
+        "",
+        "## Machine and versions",
+        "",
+    ]
+    out += [f"- {k}: {v}" for k, v in data["machine"].items()]
+    out.append(
+        f"- load average before / after: {' '.join(data['load_before'])} / "
+        f"{' '.join(data['load_after'])} (the 2 cores are shared with other work)"
+    )
+    loads = [s["load1"] for s in data["steps"] if s.get("load1") is not None]
+    if loads:
+        out.append(
+            f"- 1-minute load average at the start of the steps: {min(loads):.1f} to "
+            f"{max(loads):.1f} (median {statistics.median(loads):.1f})"
+        )
+    out += [f"- {k}: {v}" for k, v in data["versions"].items()]
+    if data["problems"]:
+        out += ["", "## Problems", ""] + [f"- {p}" for p in data["problems"]]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,108 @@
+#!/bin/bash
+# Written by opskit for each deploy and rollback; run by systemd-run (unit opskit-<app>-activate)
+# so that it finishes even if the operator's connection dies. Parameters: the file in $1.
+set -u
+. "$1"
+exec >"$STATE/activate.log" 2>&1
+T0=$(date +%s%N)
+
+say() { echo "$(date -u +%H:%M:%S.%3N) $*"; }
+secs() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+js() {  # a JSON string
+  local s=${1//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\n'/\\n}; s=${s//$'\r'/\\r}; s=${s//$'\t'/\\t}
+  printf '"%s"' "$(printf '%s' "$s" | tr -d '\000-\037')"
+}
+pm2() { timeout 120 runuser -u "$APP_USER" -- env HOME="$APP_HOME" PM2_HOME="$PM2_HOME" "$PM2_BIN" "$@"; }
+switch() {  # switch RELEASE: atomically point current at it
+  ln -sfn "releases/$1" "$BASE/current.opskit-new" && mv -Tf "$BASE/current.opskit-new" "$BASE/current"
+}
+reload() {
+  systemctl is-active -q "$PM2_SERVICE" || systemctl start "$PM2_SERVICE" || return 1
+  pm2 startOrReload "$ECOSYSTEM" --update-env >/dev/null || { say "pm2 startOrReload failed"; return 1; }
+}
+runs_from() {  # every PM2 process of the app has its cwd in the release
+  local want pids p
+  want=$(readlink -f "$BASE/releases/$1")
+  pids=$(pm2 pid "$APP" 2>/dev/null) || return 1
+  [ -n "$pids" ] || return 1
+  for p in $pids; do
+    [ "$p" != 0 ] && [ "$(readlink -f "/proc/$p/cwd" 2>/dev/null)" = "$want" ] || return 1
+  done
+}
+gate() {  # gate RELEASE: healthy SUCCESSES times in a row, served from RELEASE, within TIMEOUT
+  local rel=$1 start ok=0 out code body limit
+  start=$(date +%s%N); limit=$(awk -v t="$HEALTH_TIMEOUT" 'BEGIN{printf "%d", t*1000}')  # ms
+  GATE_DETAIL="no answer yet"
+  while :; do
+    out=$(curl -sS -m 2 -w '\n%{http_code}' "$HEALTH_URL" 2>&1); code=${out##*$'\n'}; body=${out%$'\n'*}
+    if [ "$code" = 200 ] && { [ -z "$HEALTH_MATCH" ] || grep -Eq -- "$HEALTH_MATCH" <<<"$body"; }; then
+      ok=$((ok + 1))
+      if [ "$ok" -ge "$HEALTH_SUCCESSES" ]; then
+        if runs_from "$rel"; then GATE_SECONDS=$(secs "$start"); return 0; fi
+        GATE_DETAIL="healthy, but not every PM2 process of $APP runs from $rel"; ok=0
+      fi
+    else
+      ok=0; GATE_DETAIL="HTTP $code: $(printf '%s' "$body" | tr '\n' ' ' | cut -c1-200 | sed 's/ *$//')"
+    fi
+    if [ $(( ($(date +%s%N) - start) / 1000000 )) -ge "$limit" ]; then GATE_SECONDS=$(secs "$start"); return 1; fi
+    sleep "$HEALTH_INTERVAL"
+  done
+}
+journal() {  # journal RESULT DETAIL
+  printf '{"time":%s,"action":%s,"operator":%s,"ref":%s,"sha":%s,"release":%s,"from":%s,"result":%s,"detail":%s,"seconds":%s,"message":%s}\n' \
+    "$(js "$(date -u +%Y-%m-%dT%H:%M:%SZ)")" "$(js "$ACTION")" "$(js "$OPERATOR")" "$(js "$REF")" \
+    "$(js "$SHA")" "$(js "$TARGET")" "$(js "$PREV")" "$(js "$1")" "$(js "$2")" "$(secs "$T0")" \
+    "$(js "$MESSAGE")" >> "$STATE/journal.jsonl"
+}
+prune() {  # the releases the operator computed (keep the newest app_keep_releases)
+  local r
+  for r in $PRUNE; do
+    if [ "$r" != "$TARGET" ] && [ "$r" != "$PREV" ] && [ -d "$BASE/releases/$r" ]; then
+      rm -rf -- "${BASE:?}/releases/$r" && say "pruned $r"
+    fi
+  done
+}
+finish() {  # finish RESULT DETAIL RESTORED
+  journal "$1" "$2"
+  printf '{"result":%s,"target":%s,"previous":%s,"detail":%s,"restored":%s,"seconds":%s,"gate_seconds":%s}\n' \
+    "$(js "$1")" "$(js "$TARGET")" "$(js "$PREV")" "$(js "$2")" "$(js "$3")" "$(secs "$T0")" \
+    "${GATE_SECONDS:-0}" > "$STATE/activate.result.new"
+  mv -f "$STATE/activate.result.new" "$STATE/activate.result"
+  say "done: $1"
+  exit 0
+}
+
+PREV=$(readlink "$BASE/current" 2>/dev/null || true); PREV=${PREV##*/}
+[ "$PREV" != "$TARGET" ] || PREV=""
+say "$ACTION: activating $TARGET (current: ${PREV:-none})"
+[ -d "$BASE/releases/$TARGET" ] || finish failed "release $TARGET does not exist" ""
+switch "$TARGET" || finish failed "could not switch current to $TARGET" ""
+say "current -> releases/$TARGET; pm2 startOrReload"
+if reload && say "reloaded; health gate on $HEALTH_URL" && gate "$TARGET"; then
+  say "healthy after ${GATE_SECONDS}s"
+  pm2 save --force >/dev/null
+  prune
+  finish ok "healthy after ${GATE_SECONDS}s" ""
+fi
+DETAIL="health gate failed after ${GATE_SECONDS:-0}s: ${GATE_DETAIL:-reload failed}"
+say "$DETAIL"
+printf '{"at":%s,"by":%s,"action":%s,"reason":%s}\n' "$(js "$(date -u +%Y-%m-%dT%H:%M:%SZ)")" \
+  "$(js "$OPERATOR")" "$(js "$ACTION")" "$(js "$DETAIL")" > "$BASE/releases/$TARGET/.opskit-bad"
+say "marked $TARGET bad"
+GATE_SECONDS_FAILED=${GATE_SECONDS:-0}
+if [ -n "$PREV" ] && [ -d "$BASE/releases/$PREV" ]; then
+  switch "$PREV"
+  say "switched back to $PREV"
+  if reload && gate "$PREV"; then RESTORED="$PREV serves again (healthy after ${GATE_SECONDS}s)"
+  else RESTORED="$PREV is back but unhealthy: ${GATE_DETAIL:-reload failed}"; fi
+  pm2 save --force >/dev/null
+else
+  pm2 delete "$APP" >/dev/null 2>&1 || true
+  rm -f "$BASE/current"
+  pm2 save --force >/dev/null
+  RESTORED="no previous release: $APP stopped"
+fi
+say "$RESTORED"
+prune
+GATE_SECONDS=$GATE_SECONDS_FAILED
+finish failed "$DETAIL" "$RESTORED"

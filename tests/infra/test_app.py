@@ -1,0 +1,73 @@
+"""What the app role promises (roles/app/README.md), checked on the host itself."""
+
+from __future__ import annotations
+
+import json
+
+ROLE = "app"
+PM2 = "/opt/opskit/pm2/node_modules/pm2/bin/pm2"
+
+
+def test_node_and_pinned_pm2(host, hostvars):
+    major = host.check_output("node --version").lstrip("v").split(".")[0]
+    assert int(major) >= 18
+    assert host.check_output(f"{PM2} --version").strip().splitlines()[-1] == str(
+        hostvars["app_pm2_version"]
+    )
+    assert host.file("/opt/opskit/pm2/.opskit-sha256").exists
+    assert host.file("/usr/local/bin/pm2").linked_to == PM2
+
+
+def test_app_user_cannot_log_in(host, hostvars):
+    user = host.user(hostvars["app_user"])
+    assert user.exists
+    assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin")
+
+
+def test_release_layout(host, hostvars):
+    base = f"/srv/{hostvars['app_name']}"
+    assert host.file(f"{base}/releases").is_directory
+    shared = host.file(f"{base}/shared")
+    assert shared.is_directory and shared.mode == 0o750 and shared.user == hostvars["app_user"]
+    state = host.file(f"{base}/.opskit")
+    assert state.mode == 0o700 and state.user == "root"
+    releases = host.check_output(f"ls -1 {base}/releases").split()
+    assert len(releases) <= hostvars["app_keep_releases"]
+
+
+def test_ecosystem_file_is_private_and_loads(host, hostvars):
+    path = f"/srv/{hostvars['app_name']}/shared/ecosystem.config.js"
+    eco = host.file(path)
+    assert eco.mode == 0o600 and eco.user == hostvars["app_user"]
+    out = host.check_output(f"node -e 'console.log(JSON.stringify(require(\"{path}\")))'")
+    [app] = json.loads(out)["apps"]
+    assert app["name"] == hostvars["app_name"]
+    assert app["cwd"] == f"/srv/{hostvars['app_name']}/current"
+    env = app["env"]
+    assert env["PORT"] == str(hostvars["app_port"]) and env["HOST"] == "127.0.0.1"
+    assert env["NODE_ENV"] == hostvars["app_node_env"]
+    assert env["SENTRY_ENVIRONMENT"] == hostvars["app_sentry_environment"]
+    assert "SENTRY_RELEASE" in env
+    assert ("SENTRY_DSN" in env) == bool(hostvars["app_sentry_dsn"])
+
+
+def test_pm2_runs_under_systemd_at_boot(host, hostvars):
+    service = host.service(f"pm2-{hostvars['app_user']}")
+    assert service.is_enabled and service.is_running
+
+
+def test_pm2_logs_rotate(host, hostvars):
+    conf = f"/etc/logrotate.d/pm2-{hostvars['app_name']}"
+    assert host.file(conf).contains(f"/var/log/{hostvars['app_name']}/\\*.log")
+    assert host.run(f"logrotate -d {conf}").rc == 0
+
+
+def test_current_release_is_healthy(host, hostvars):
+    current = host.file(f"/srv/{hostvars['app_name']}/current")
+    if not current.exists:
+        return  # provisioned, never deployed: nothing to serve yet
+    assert current.is_symlink and current.linked_to.startswith(
+        f"/srv/{hostvars['app_name']}/releases/"
+    )
+    url = f"http://127.0.0.1:{hostvars['app_port']}{hostvars['app_health_path']}"
+    assert '"healthy"' in host.check_output(f"curl -sf {url}")

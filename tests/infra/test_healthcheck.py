@@ -1,0 +1,52 @@
+"""What the healthcheck role promises (roles/healthcheck/README.md), checked on the host itself."""
+
+from __future__ import annotations
+
+import json
+
+ROLE = "healthcheck"
+
+
+def test_script_and_config(host):
+    script = host.file("/usr/local/bin/opskit-healthcheck")
+    assert script.user == "root" and script.mode == 0o755
+    assert script.contains("Managed by opskit")
+    config = json.loads(host.file("/etc/opskit/healthcheck.json").content_string)
+    assert host.file("/etc/opskit/healthcheck.json").mode == 0o644
+    assert config["slack_webhook_file"] == "/etc/opskit/healthcheck-slack-webhook"
+    # No secret in the script or its config: the webhook is only in its 0600 file.
+    assert "hooks.slack.com" not in script.content_string
+    assert "/services/" not in json.dumps(config)
+
+
+def test_thresholds_are_the_inventorys(host, hostvars):
+    checks = json.loads(host.file("/etc/opskit/healthcheck.json").content_string)["checks"]
+    if "disk" in checks:
+        assert checks["disk"]["warning"] == hostvars["healthcheck_disk_warning"]
+        assert checks["disk"]["critical"] == hostvars["healthcheck_disk_critical"]
+    if "memory" in checks:
+        assert checks["memory"]["critical"] == hostvars["healthcheck_memory_critical"]
+    if "http" in checks:
+        assert checks["http"]["critical_ms"] == hostvars["healthcheck_response_time_critical_ms"]
+
+
+def test_webhook_file_is_root_only(host):
+    hook = host.file("/etc/opskit/healthcheck-slack-webhook")
+    assert hook.user == "root" and hook.group == "root" and hook.mode == 0o600
+    assert hook.content_string.strip().startswith(("https://", "http://"))
+
+
+def test_cron_runs_it(host, hostvars):
+    cron = host.file("/etc/cron.d/opskit-healthcheck")
+    assert cron.mode == 0o644
+    line = [x for x in cron.content_string.splitlines() if "opskit-healthcheck" in x][-1]
+    assert line.startswith(f"{hostvars['healthcheck_schedule']} root /usr/local/bin/")
+    assert host.service("cron").is_running
+
+
+def test_check_runs_and_reports(host):
+    out = host.run("/usr/local/bin/opskit-healthcheck --no-alert --json")
+    assert out.rc in (0, 1, 2), out.stderr
+    status = json.loads(out.stdout)
+    assert status["level"] in ("ok", "warning", "critical")
+    assert {r["name"] for r in status["results"]} >= {"disk", "memory"}

@@ -1,0 +1,39 @@
+"""What the nginx role promises (roles/nginx/README.md), checked on the host itself."""
+
+from __future__ import annotations
+
+ROLE = "nginx"
+
+
+def test_nginx_runs_with_a_valid_config(host):
+    assert host.service("nginx").is_running and host.service("nginx").is_enabled
+    assert host.run("nginx -t").rc == 0
+
+
+def test_site_replaces_the_default(host, hostvars):
+    site = host.file(f"/etc/nginx/conf.d/opskit-{hostvars.get('app_name', 'app')}.conf")
+    assert site.exists and site.user == "root"
+    if hostvars["nginx_remove_default_site"]:
+        assert not host.file("/etc/nginx/sites-enabled/default").exists
+
+
+def test_dot_files_are_not_served(host):
+    for path in ("/.env", "/.git/config", "/.git/HEAD", "/app/.env", "/.htpasswd"):
+        out = host.check_output(f"curl -s -w '\\n%{{http_code}}' http://127.0.0.1{path}")
+        body, code = out.rsplit("\n", 1)
+        assert code == "404", path
+        assert "nginx" in body, f"{path} reached the app instead of nginx's 404"
+
+
+def test_security_headers(host, hostvars):
+    headers = host.check_output("curl -s -o /dev/null -D - http://127.0.0.1/").lower()
+    for name, value in hostvars["nginx_security_headers"].items():
+        if value:
+            assert f"{name.lower()}: {value.lower()}" in headers
+    assert "server: nginx\r\n" in headers  # no version (server_tokens off)
+
+
+def test_websocket_friendly_proxy(host, hostvars):
+    conf = host.check_output("nginx -T 2>/dev/null")
+    assert f"proxy_read_timeout {hostvars['nginx_proxy_read_timeout']}s;" in conf
+    assert "proxy_set_header Upgrade $http_upgrade;" in conf
