@@ -214,7 +214,7 @@ def lab_inbox(c, inventory=None, service=None, last=20):
 
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
-    """The main job on the lab, end to end: converge, deploy, back up, monitor, verify."""
+    """The main job on the lab, end to end: converge, deploy, back up, certify, monitor, verify."""
     steps = [
         ("lab up: hosts and stand-ins for S3, ACME, Slack, UptimeRobot, Sentry, Papertrail",
          lambda: lab_up(c, inventory=inventory, fresh=fresh)),
@@ -226,6 +226,10 @@ def lab_demo(c, inventory=None, fresh=False):
         ("a verified backup to S3 now", lambda: backup_run(c, inventory=inventory)),
         ("backups per host", lambda: backup_list(c, inventory=inventory)),
         ("restore drill: RPO and RTO", lambda: backup_drill(c, inventory=inventory)),
+        ("certificates from the lab's ACME server: days left, served = on disk",
+         lambda: certs_status(c, inventory=inventory)),
+        ("forced renewal, proven by the certificate nginx now serves",
+         lambda: certs_renew(c, inventory=inventory, force=True)),
         ("UptimeRobot monitors and Sentry alert rules: plan, apply, plan again",
          lambda: (monitoring_sync(c, inventory=inventory),
                   monitoring_sync(c, inventory=inventory, apply=True),
@@ -239,7 +243,7 @@ def lab_demo(c, inventory=None, fresh=False):
     for n, (title, step) in enumerate(steps, 1):
         print(f"\n== {n}/{len(steps)} {title}", flush=True)
         step()
-    print(f"\nthe lab is converged, deployed, backed up, monitored and verified in "
+    print(f"\nthe lab is converged, deployed, backed up, certified, monitored and verified in "
           f"{time.monotonic() - started:.0f} s; `inv lab.down` stops it")
 
 
