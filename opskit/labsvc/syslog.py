@@ -16,8 +16,6 @@ another CA, which a correctly configured host must refuse. ``ensure_pki`` makes 
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import json
 import re
 import socket
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 from socketserver import BaseRequestHandler, ThreadingTCPServer
 from typing import Any
+
+from opskit.labsvc.pki import make_pki
 
 SERVER_NAME = "syslog.opskit.lab"  # the name the hosts check (rsyslog permitted peer)
 HANDSHAKE_TIMEOUT = 10.0
@@ -151,74 +151,16 @@ class Server(ThreadingTCPServer):
 # --- certificates --------------------------------------------------------------------------
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def ensure_pki(directory: Path, *, ca_name: str, address: str) -> Path:
     """Make ``directory/{ca.pem,ca.key,server.pem,server.key}`` once; return the directory.
 
     The server certificate names SERVER_NAME and `address` and is signed by a CA called
     `ca_name` that exists only here (the lab's own CA, or another one for the wrong receiver).
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     server_pem = directory / "server.pem"
     if server_pem.exists() and (directory / "server.key").exists():
         return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_subject)
-        .issuer_name(ca_subject)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)]))
-        .issuer_name(ca_subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=825))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(SERVER_NAME), x509.IPAddress(ipaddress.ip_address(address))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    none = serialization.NoEncryption()
-    _write_private(directory / "ca.key", ca_key.private_bytes(pem, pkcs8, none))
-    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
-    _write_private(directory / "server.key", key.private_bytes(pem, pkcs8, none))
-    server_pem.write_bytes(cert.public_bytes(pem))
-    return directory
+    return make_pki(directory, ca_name=ca_name, server_name=SERVER_NAME, address=address)
 
 
 def main(argv: list[str] | None = None) -> None:
