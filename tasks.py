@@ -79,13 +79,18 @@ def provision(
     cli.finish(results, json_out=json, dry_run=check, detailed_exitcode=detailed_exitcode)
 
 
-@task(help=H("inventory", "hosts", pytest_args="extra pytest arguments, e.g. '-k sshd'"))
-def verify(c, inventory=None, hosts=None, pytest_args=""):
+@task(help=H("inventory", "hosts", pytest_args="extra pytest arguments, e.g. '-k sshd'",
+             roles="only the specs of these roles, comma-separated (default: every role)"))
+def verify(c, inventory=None, hosts=None, pytest_args="", roles=None):
     """Prove the hosts are right: the testinfra specs of tests/infra (strict host keys)."""
     from opskit.verify import run_verify
 
     inv, selected = cli.load(inventory, hosts)
-    code = run_verify(inv, selected, pytest_args.split())
+    try:
+        code = run_verify(inv, selected, pytest_args.split(),
+                          [r.strip() for r in roles.split(",")] if roles else None)
+    except ConfigError as exc:
+        raise cli.usage_error(exc) from None
     if code != 0:
         raise Exit(code=ExitStatus.HOST_FAILED)
 

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from opskit.errors import ConfigError
 from opskit.inventory import Host, Inventory
 from opskit.roles import REPO
 
@@ -42,8 +43,18 @@ def ssh_config(inventory: Inventory, hosts: Sequence[Host], control_dir: Path) -
     return "\n".join(out) + "\n"
 
 
-def run_verify(inventory: Inventory, hosts: Sequence[Host], extra: Sequence[str] = ()) -> int:
-    """Run pytest on tests/infra for `hosts`; each spec only on hosts that have its role."""
+def run_verify(
+    inventory: Inventory,
+    hosts: Sequence[Host],
+    extra: Sequence[str] = (),
+    roles: Sequence[str] | None = None,
+) -> int:
+    """Run pytest on tests/infra for `hosts`; each spec only on hosts that have its role, and
+    with `roles` only the specs of those roles."""
+    specs = [str(INFRA / f"test_{r}.py") for r in roles] if roles else [str(INFRA)]
+    missing = [s for s in specs if not Path(s).exists()]
+    if missing:
+        raise ConfigError(f"no testinfra spec for {', '.join(missing)}")
     with tempfile.TemporaryDirectory(prefix="opskit-verify-") as tmp:
         cfg = Path(tmp) / "ssh_config"
         cfg.write_text(ssh_config(inventory, hosts, Path(tmp)))
