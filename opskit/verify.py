@@ -65,7 +65,7 @@ def run_verify(
             sys.executable,
             "-m",
             "pytest",
-            str(INFRA),
+            *specs,
             "-p",
             "no:cacheprovider",
             "-q",
