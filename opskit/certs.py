@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from opskit.errors import ConfigError, OpsError
-from opskit.resources import NOTHING, Plan, Resource
+from opskit.resources import NOTHING, Plan, Resource, Symlink
 
 q = shlex.quote
 
@@ -337,40 +337,20 @@ class Certificate(Resource):
 
 
 @dataclass(frozen=True)
-class EnabledSite(Resource):
-    """`link` (in /etc/nginx/sites-enabled) points to `target`; kept only if `nginx -t` passes
+class EnabledSite(Symlink):
+    """`path` (in /etc/nginx/sites-enabled) points to `target`; kept only if `nginx -t` passes
     with it, else removed again and the run fails."""
 
-    link: str
-    target: str
-
-    @property
-    def id(self) -> str:  # type: ignore[override]
-        return f"symlink:{self.link}"
-
-    def probe(self) -> str:
-        p = q(self.link)
-        return (
-            f'if [ -L {p} ]; then echo "link $(readlink -- {p})"; '
-            f"elif [ -e {p} ]; then echo other; else echo absent; fi"
-        )
-
     def plan(self, state: str, changed: frozenset[str]) -> Plan:
-        state = state.strip()
-        if state == f"link {self.target}":
-            return NOTHING
-        if state == "absent":
-            return Plan(("enable",))
-        if state == "other":
-            return Plan((f"replace non-link with link to {self.target}",))
-        return Plan((f"target {state[5:]} -> {self.target}",))
+        plan = super().plan(state, changed)
+        return Plan(("enable",)) if plan.reasons == ("create",) else plan
 
     def script(self, plan: Plan) -> str:
-        p, tmp = q(self.link), q(self.link + ".opskit-new")
+        p = q(self.path)
         return (
-            f"ln -sfn -- {q(self.target)} {tmp} && mv -Tf -- {tmp} {p}\n"
+            f"{super().script(plan)}\n"
             f"if ! _opskit_out=$(nginx -t 2>&1); then rm -f -- {p}; "
-            f'echo "nginx -t failed with {self.link} enabled; it was disabled again: '
+            f'echo "nginx -t failed with {self.path} enabled; it was disabled again: '
             '$_opskit_out" >&2; exit 65; fi'
         )
 

@@ -29,6 +29,23 @@ HEARTBEAT_PATH = re.compile(r"^/[A-Za-z0-9_-]+$")
 BURST, RATE = 5, 1.0  # Slack: ~1 message per second per webhook, short bursts tolerated
 
 
+def consume_fault(directory: Path) -> tuple[int, int] | None:
+    """Take one fault from `directory/faults.json`: (status, retry_after), or None.
+
+    Shared by every HTTP stand-in; the caller serialises calls.
+    """
+    path = directory / "faults.json"
+    if not path.exists():
+        return None
+    spec = json.loads(path.read_text() or "{}")
+    count = int(spec.get("count", 1))
+    if count <= 1:
+        path.unlink()
+    else:
+        path.write_text(json.dumps({**spec, "count": count - 1}))
+    return int(spec.get("status", 500)), int(spec.get("retry_after", 1))
+
+
 class Inbox:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -43,17 +60,8 @@ class Inbox:
 
     def fault(self) -> tuple[int, int] | None:
         """Consume one injected fault: (status, retry_after), or None."""
-        path = self.dir / "faults.json"
         with self.lock:
-            if not path.exists():
-                return None
-            spec = json.loads(path.read_text() or "{}")
-            count = int(spec.get("count", 1))
-            if count <= 1:
-                path.unlink()
-            else:
-                path.write_text(json.dumps({**spec, "count": count - 1}))
-            return int(spec.get("status", 500)), int(spec.get("retry_after", 1))
+            return consume_fault(self.dir)
 
     def allow(self, key: str) -> bool:
         """Token bucket per webhook."""

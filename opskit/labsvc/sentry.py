@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from opskit.labsvc.inbox import consume_fault
+
 PROJECT_ID = "1"
 VERSION_RE = re.compile(r"^(?!\.{1,2}$)[^/\r\n\t\x0c\x0b]{1,200}$")
 
@@ -117,16 +119,7 @@ class Store:
             f.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
 
     def fault(self) -> tuple[int, int] | None:
-        path = self.dir / "faults.json"
-        if not path.exists():
-            return None
-        spec = json.loads(path.read_text() or "{}")
-        count = int(spec.get("count", 1))
-        if count <= 1:
-            path.unlink()
-        else:
-            path.write_text(json.dumps({**spec, "count": count - 1}))
-        return int(spec.get("status", 500)), int(spec.get("retry_after", 1))
+        return consume_fault(self.dir)
 
     def new_id(self) -> str:
         self.next_id += 1

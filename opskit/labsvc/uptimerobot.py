@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from opskit.labsvc.inbox import consume_fault
+
 TYPES = ("HTTP", "KEYWORD", "PING", "PORT", "HEARTBEAT", "DNS", "API", "UDP")
 KEYWORD_TYPES = ("ALERT_EXISTS", "ALERT_NOT_EXISTS")
 UPDATABLE = {
@@ -102,16 +104,7 @@ class Store:
             f.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
 
     def fault(self) -> tuple[int, int] | None:
-        path = self.dir / "faults.json"
-        if not path.exists():
-            return None
-        spec = json.loads(path.read_text() or "{}")
-        count = int(spec.get("count", 1))
-        if count <= 1:
-            path.unlink()
-        else:
-            path.write_text(json.dumps({**spec, "count": count - 1}))
-        return int(spec.get("status", 500)), int(spec.get("retry_after", 1))
+        return consume_fault(self.dir)
 
     def rate_limited(self) -> int | None:
         """Seconds to wait when over the per-minute limit, else None (and count the call)."""
