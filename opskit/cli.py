@@ -1,4 +1,4 @@
-"""What tasks.py shares: loading the inventory, printing results, exit codes."""
+"""What the task modules (tasks/) share: loading the inventory, printing results, exit codes."""
 
 from __future__ import annotations
 

@@ -38,11 +38,25 @@ def template_dirs() -> tuple[Path, ...]:
 # Roles converge in this order on a host, whatever order the inventory lists them in.
 ORDER = ("base", "postgresql", "app", "nginx", "certbot", "healthcheck", "backup", "papertrail")
 
-# Variables that belong to opskit itself rather than to a role.
-CORE_VARS: Mapping[str, Any] = {
-    "ssh_user": "root",  # login user; a deploy user with sudo is the normal case
-    "ssh_port": 22,
-}
+# Variables that belong to opskit itself rather than to a role: opskit/defaults/<area>.yml, each
+# key starting with `<area>_` (ssh_user, status_disk_warning, audit_ports, ...).
+DEFAULTS_DIR = Path(__file__).parent / "defaults"
+
+
+def _core_vars() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for f in sorted(DEFAULTS_DIR.glob("*.yml")):
+        data = yaml.safe_load(f.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{f}: expected a mapping of variables")
+        for key in data:
+            if not str(key).startswith(f"{f.stem}_"):
+                raise ConfigError(f"{f}: {key}: variables here start with '{f.stem}_'")
+        found.update(data)
+    return found
+
+
+CORE_VARS: Mapping[str, Any] = _core_vars()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""opskit tasks: `inv --list` shows them, `inv <task> --help` explains each.
+
+Exit codes: 0 ok, 1 a host failed or was unreachable, 2 bad input (nothing touched),
+3 changes pending (with --check --detailed-exitcode), 130 interrupted.
+"""
+
+import sys
+from pathlib import Path
+
+# Invoke puts tasks/ itself on sys.path (for `from . import x`); this package imports absolutely,
+# from the repo root, and a module of tasks/ must never shadow a top-level one (`lab`, `app`).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != _HERE]
+if str(_HERE.parent) not in sys.path:
+    sys.path.insert(0, str(_HERE.parent))
+
+from invoke import Collection  # noqa: E402
+
+from tasks.app import deploy, releases, rollback  # noqa: E402
+from tasks.backup import (  # noqa: E402
+    backup_bucket,
+    backup_drill,
+    backup_list,
+    backup_restore,
+    backup_run,
+    backup_verify,
+)
+from tasks.certs import certs_renew, certs_status  # noqa: E402
+from tasks.core import provision, run, trust, verify  # noqa: E402
+from tasks.demo import lab_demo  # noqa: E402
+from tasks.dev import lint, test  # noqa: E402
+from tasks.lab import lab_down, lab_inbox, lab_status, lab_up  # noqa: E402
+from tasks.monitoring import monitoring_check, monitoring_status, monitoring_sync  # noqa: E402
+
+hosts_ns = Collection("hosts")
+hosts_ns.add_task(trust)
+lab_ns = Collection("lab")
+lab_ns.add_task(lab_up, name="up")
+lab_ns.add_task(lab_down, name="down")
+lab_ns.add_task(lab_status, name="status")
+lab_ns.add_task(lab_demo, name="demo")
+lab_ns.add_task(lab_inbox, name="inbox")
+backup_ns = Collection("backup")
+backup_ns.add_task(backup_run, name="run")
+backup_ns.add_task(backup_list, name="list")
+backup_ns.add_task(backup_verify, name="verify")
+backup_ns.add_task(backup_restore, name="restore")
+backup_ns.add_task(backup_drill, name="drill")
+backup_ns.add_task(backup_bucket, name="bucket")
+monitoring_ns = Collection("monitoring")
+monitoring_ns.add_task(monitoring_sync, name="sync")
+monitoring_ns.add_task(monitoring_check, name="check")
+monitoring_ns.add_task(monitoring_status, name="status")
+certs_ns = Collection("certs")
+certs_ns.add_task(certs_status, name="status")
+certs_ns.add_task(certs_renew, name="renew")
+dev_ns = Collection("dev")
+dev_ns.add_task(test)
+dev_ns.add_task(lint)
+
+ns = Collection(provision, verify, run)
+ns.add_task(deploy)
+ns.add_task(rollback)
+ns.add_task(releases)
+ns.add_collection(hosts_ns)
+ns.add_collection(lab_ns)
+ns.add_collection(backup_ns)
+ns.add_collection(monitoring_ns)
+ns.add_collection(certs_ns)
+ns.add_collection(dev_ns)

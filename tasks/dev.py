@@ -1,0 +1,26 @@
+"""dev.test|lint."""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import task
+
+# --- development ---------------------------------------------------------------------------
+
+
+@task(help={"fast": "unit tests only (no lab): a developer's shortcut, never CI's"})
+def test(c, fast=False):
+    """Run the tests: unit, doctests and integration against the lab."""
+    args = "-m 'not integration' tests/unit" if fast else ""
+    c.run(f"{sys.executable} -m pytest {args}", pty=sys.stdout.isatty())
+
+
+@task
+def lint(c):
+    """ruff check, ruff format --check, mypy --strict on opskit."""
+    py = sys.executable
+    c.run(
+        f"{py} -m ruff check . && {py} -m ruff format --check . && "
+        f"{py} -m mypy --strict --ignore-missing-imports opskit"
+    )
