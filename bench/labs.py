@@ -94,25 +94,10 @@ def spec_for(n: int) -> lab.LabSpec:
     return lab.load_lab_spec(write_inventory(n, STATE_DIR / f"lab-{n}.yml"))
 
 
-# Every booted host's systemd, journald, logind, ... holds inotify instances, and all hosts of all
-# labs on the machine run as root: the kernel default of 128 per user stops boots at about a dozen
-# hosts ("Failed to create control group inotify object: Too many open files").
-SYSCTLS = {"fs.inotify.max_user_instances": 8192, "fs.inotify.max_user_watches": 1048576}
-
-
-def raise_limits(progress: Progress) -> None:
-    """Raise the machine's inotify limits to SYSCTLS (never lowers them)."""
-    for key, want in SYSCTLS.items():
-        path = Path("/proc/sys") / key.replace(".", "/")
-        if int(path.read_text()) < want:
-            progress(f"raising {key} to {want} (30 booted hosts need more than the default)")
-            path.write_text(str(want))
-
-
 def up(n: int, *, fresh: bool, progress: Progress) -> tuple[lab.LabSpec, float]:
     """Boot (or keep) hosts b8h01..b8hNN in batches and prepare them; returns (spec, seconds)."""
     spec = spec_for(n)
-    raise_limits(progress)
+    lab.raise_limits(progress)
     started = time.monotonic()
     names = host_names(n)
     running = {s.name for s in lab.status(spec) if s.state == "running" and s.ssh_ready}

@@ -243,14 +243,6 @@ def allowed_age(cfg: BackupConfig) -> dt.timedelta | None:
 # --- talking to the host script -------------------------------------------------------------
 
 
-def _sudo_command(remote: Remote) -> tuple[str, str]:
-    if remote.host.user == "root":
-        return "bash -s", ""
-    if remote.sudo_password:
-        return "sudo -k -S -p '' bash -s", f"{remote.sudo_password}\n"
-    return "sudo -n bash -s", ""
-
-
 def stream(
     remote: Remote,
     script: str,
@@ -260,17 +252,10 @@ def stream(
 ) -> tuple[int, str, str]:
     """Run `script` as root like Remote.run, but hand each stderr line to `on_line` as it
     arrives (Remote.run returns output only at the end). Returns (exit, stdout, stderr)."""
-    transport = remote.conn.client.get_transport()
-    if transport is None or not transport.is_active():
-        raise ConnectError(f"{remote.name}: the SSH connection was lost")
-    command, prefix = _sudo_command(remote)
-    remote.commands += 1
     secrets = [*remote.host.secrets, *([remote.sudo_password] if remote.sudo_password else [])]
-    chan = transport.open_session()
+    chan = remote.open_channel(script)
     out, err, pending = bytearray(), [], b""
     try:
-        chan.exec_command(command)
-        chan.sendall((prefix + script).encode())
         chan.shutdown_write()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -291,7 +276,9 @@ def stream(
             if chan.exit_status_ready():
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise RemoteCommandError(remote.name, command, -1, f"timed out after {timeout} s")
+                raise RemoteCommandError(
+                    remote.name, "backup script", -1, f"timed out after {timeout} s"
+                )
             select.select([chan], [], [], 0.5)
         while chan.recv_ready():
             out += chan.recv(65536)

@@ -49,7 +49,7 @@ from typing import Any
 
 import paramiko
 
-from opskit.errors import ConfigError, ConnectError, OpsError
+from opskit.errors import ConfigError, OpsError
 from opskit.inventory import Host, Inventory
 from opskit.release import Artifact, operator
 from opskit.remote import Remote
@@ -409,15 +409,6 @@ def batches(hosts: Sequence[Host], size: int) -> list[list[Host]]:
 # --- the lock ------------------------------------------------------------------------------------
 
 
-def _shell_command(remote: Remote) -> tuple[str, str]:
-    """The command and stdin prefix Remote.run would use (root, sudo -n, or sudo with password)."""
-    if remote.host.user == "root":
-        return "bash -s", ""
-    if remote.sudo_password:
-        return "sudo -k -S -p '' bash -s", f"{remote.sudo_password}\n"
-    return "sudo -n bash -s", ""
-
-
 def lock_script(layout: AppLayout, info: Mapping[str, Any]) -> str:
     """Hold the deploy lock until stdin closes. Wrapped in a function: bash must have read the
     whole script before `cat` starts reading the rest of stdin."""
@@ -449,14 +440,7 @@ class HostLock:
         self.chan: paramiko.Channel | None = None
 
     def __enter__(self) -> HostLock:
-        transport = self.remote.conn.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise ConnectError(f"{self.remote.name}: the SSH connection was lost")
-        command, prefix = _shell_command(self.remote)
-        self.remote.commands += 1
-        chan = transport.open_session()
-        chan.exec_command(command)
-        chan.sendall((prefix + lock_script(self.layout, self.info)).encode())
+        chan = self.remote.open_channel(lock_script(self.layout, self.info))
         out = b""
         deadline = time.monotonic() + 30
         while b"@@acquired\n" not in out:

@@ -1573,6 +1573,21 @@ def service_status(spec: LabSpec) -> list[LabServiceStatus]:
 # Public operations
 
 
+# Every booted host's systemd, journald, logind, ... holds inotify instances, and all hosts of all
+# labs on the machine run as root: the kernel default of 128 per user stops boots at about a dozen
+# hosts ("Failed to create control group inotify object: Too many open files").
+SYSCTLS = {"fs.inotify.max_user_instances": 8192, "fs.inotify.max_user_watches": 1048576}
+
+
+def raise_limits(progress: Progress = _noop) -> None:
+    """Raise the machine's inotify limits to SYSCTLS (never lowers them)."""
+    for key, want in SYSCTLS.items():
+        path = Path("/proc/sys") / key.replace(".", "/")
+        if int(path.read_text()) < want:
+            progress(f"raising {key} to {want} (booted hosts of all labs share the default 128)")
+            path.write_text(str(want))
+
+
 def up(
     spec: LabSpec,
     *,
@@ -1586,6 +1601,7 @@ def up(
     keys) and boots them again. Raises LabError (naming console.log) when a host does not boot.
     """
     check_prerequisites()
+    raise_limits(progress)
     selected = [find_host(spec, n) for n in dict.fromkeys(hosts)] if hosts else list(spec.hosts)
     with _locked(spec.state_dir / ".lock", progress):
         image = ensure_base_image(spec, progress)

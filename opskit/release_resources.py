@@ -112,24 +112,3 @@ class AppReload(Resource):
             f"{pm2} startOrReload {q(lo.ecosystem)} --update-env >/dev/null\n"
             f"{pm2} save --force >/dev/null"
         )
-
-
-@dataclass(frozen=True)
-class Absent(Resource):
-    """`path` (a file or a symlink) does not exist."""
-
-    path: str
-
-    @property
-    def id(self) -> str:  # type: ignore[override]
-        return f"absent:{self.path}"
-
-    def probe(self) -> str:
-        p = q(self.path)
-        return f"if [ -e {p} ] || [ -L {p} ]; then echo present; else echo absent; fi"
-
-    def plan(self, state: str, changed: frozenset[str]) -> Plan:
-        return Plan(("remove",)) if state.strip() == "present" else NOTHING
-
-    def script(self, plan: Plan) -> str:
-        return f"rm -f -- {q(self.path)}"

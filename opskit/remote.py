@@ -93,17 +93,7 @@ class Remote:
         Raises RemoteCommandError when the exit code is not in `ok_codes`; `what` is the short
         description used in that error (the script itself can be long).
         """
-        prefix = ""
-        if not sudo or self.host.user == "root":
-            command = "bash -s"
-        else:
-            if not self._sudo_mode:
-                self._sudo_mode = "password" if self.sudo_password else "nopasswd"
-            if self._sudo_mode == "nopasswd":
-                command = "sudo -n bash -s"
-            else:
-                command = "sudo -k -S -p '' bash -s"
-                prefix = f"{self.sudo_password}\n"
+        command, prefix = self.shell_command(sudo=sudo)
         exited, out, err = self._exec(command, prefix + script, timeout)
         if exited == 1 and self._sudo_mode == "nopasswd" and "password is required" in err:
             raise ConnectError(
@@ -123,14 +113,37 @@ class Remote:
             raise RemoteCommandError(self.name, result.command, exited, result.stderr)
         return result
 
-    def _exec(self, command: str, stdin: str, timeout: float | None) -> tuple[int, str, str]:
+    def shell_command(self, *, sudo: bool = True) -> tuple[str, str]:
+        """The command that runs a bash script from stdin (as root unless sudo=False), and what
+        must precede the script on stdin (the sudo password, when sudo asks for one)."""
+        if not sudo or self.host.user == "root":
+            return "bash -s", ""
+        if not self._sudo_mode:
+            self._sudo_mode = "password" if self.sudo_password else "nopasswd"
+        if self._sudo_mode == "nopasswd":
+            return "sudo -n bash -s", ""
+        return "sudo -k -S -p '' bash -s", f"{self.sudo_password}\n"
+
+    def open_channel(self, script: str, *, sudo: bool = True) -> paramiko.Channel:
+        """Start `script` like run() does, but hand back the open channel: for callers that
+        read output as it arrives or hold the channel open (a lock). stdin is left open."""
+        command, prefix = self.shell_command(sudo=sudo)
+        chan = self._open(command)
+        chan.sendall((prefix + script).encode())
+        return chan
+
+    def _open(self, command: str) -> paramiko.Channel:
         transport = self.conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"{self.name}: the SSH connection was lost")
         self.commands += 1
         chan = transport.open_session()
+        chan.exec_command(command)
+        return chan
+
+    def _exec(self, command: str, stdin: str, timeout: float | None) -> tuple[int, str, str]:
+        chan = self._open(command)
         try:
-            chan.exec_command(command)
             chan.sendall(stdin.encode())
             chan.shutdown_write()
             out, err = bytearray(), bytearray()

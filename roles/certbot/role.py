@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opskit import certs
-from opskit.release_resources import Absent
-from opskit.resources import Directory, File, Packages, Resource, Service, Template
+from opskit.resources import Absent, Directory, File, Packages, Resource, Service, Template
 from opskit.roles import REPO
 
 

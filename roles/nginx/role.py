@@ -8,9 +8,8 @@ from typing import Any
 
 from opskit import certs
 from opskit.errors import ConfigError
-from opskit.release_resources import Absent
 from opskit.render import render
-from opskit.resources import File, Packages, Resource, Service, Template
+from opskit.resources import Absent, File, Packages, Resource, Service, Template
 
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 _SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")

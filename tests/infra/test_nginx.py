@@ -25,6 +25,16 @@ def test_dot_files_are_not_served(host):
         assert "nginx" in body, f"{path} reached the app instead of nginx's 404"
 
 
+def test_access_log_ends_with_the_request_time(host):
+    # A request of ours, then the last line of the log: its last field is $request_time.
+    host.run("curl -s -o /dev/null -A opskit-verify-log http://127.0.0.1/")
+    lines = host.check_output("tail -n 50 /var/log/nginx/access.log").splitlines()
+    ours = [line for line in lines if '"opskit-verify-log"' in line]
+    assert ours, "our request is not in /var/log/nginx/access.log"
+    last = ours[-1].rsplit(" ", 1)[1]
+    assert last.replace(".", "", 1).isdigit() and "." in last, ours[-1]
+
+
 def test_security_headers(host, hostvars):
     headers = host.check_output("curl -s -o /dev/null -D - http://127.0.0.1/").lower()
     for name, value in hostvars["nginx_security_headers"].items():
