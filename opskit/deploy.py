@@ -813,9 +813,16 @@ def deploy_work(artifact: Artifact, opts: Options) -> Callable[[Remote, RunConte
 
 
 def rollback_work(
-    *, steps: int = 1, to: str | None = None, opts: Options = Options()
+    *,
+    steps: int = 1,
+    to: str | None = None,
+    opts: Options = Options(),
+    landed: dict[str, str] | None = None,
 ) -> Callable[[Remote, RunContext], list[Change]]:
-    """The work of `inv rollback` on one host: back to an older good release, gated."""
+    """The work of `inv rollback` on one host: back to an older good release, gated.
+
+    `landed` (if given) gets each host's new current release's commit once it passed the gate.
+    """
 
     def work(remote: Remote, ctx: RunContext) -> list[Change]:
         v = remote.host.vars
@@ -836,7 +843,10 @@ def rollback_work(
                 health_timeout=opts.health_timeout,
             )
             act = activate(remote, layout, params)
-        return [_result_change(remote, act, f"rolled back to {target.label}")]
+        change = _result_change(remote, act, f"rolled back to {target.label}")
+        if landed is not None and target.meta.get("sha"):
+            landed[remote.name] = str(target.meta["sha"])
+        return [change]
 
     return work
 

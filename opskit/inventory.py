@@ -199,7 +199,7 @@ class _Loader:
             hkey = f"groups.{merged['groups'][0]}.hosts.{hname}"
             entry = merged["host"]
             hvars = self.vars(entry.get("vars"), f"{hkey}.vars")
-            role_names = [r for r in top_roles + merged["roles"]]
+            role_names = list(top_roles + merged["roles"])
             ordered = tuple(r for r in self.roles if r in role_names)
             values: dict[str, Any] = dict(CORE_VARS)
             for role in ordered:

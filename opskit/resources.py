@@ -233,7 +233,8 @@ class File(Resource):
             lines += [
                 f"mkdir -p {BACKUP_DIR}; rm -f -- {prev}; [ ! -e {p} ] || cp -p -- {p} {prev}",
                 f"mv -f -- \"$_opskit_tmp\" {p}; _opskit_tmp=''",
-                f"if ! _opskit_out=$({self.check_after} 2>&1); then {self.restore_script(self.path)}; "
+                f"if ! _opskit_out=$({self.check_after} 2>&1); then "
+                f"{self.restore_script(self.path)}; "
                 f'echo "{self.check_after} failed with the new {self.path}; the previous file was '
                 f'put back: $_opskit_out" >&2; exit 65; fi',
             ]
@@ -242,9 +243,7 @@ class File(Resource):
         return "\n".join(lines)
 
 
-def Template(
-    path: str, template: str, variables: Mapping[str, Any], **kwargs: Any
-) -> File:
+def Template(path: str, template: str, variables: Mapping[str, Any], **kwargs: Any) -> File:
     """A File whose content is `templates/<template>` rendered with `variables`."""
     return File(path, render(template, variables), **kwargs)
 
@@ -374,11 +373,14 @@ class Packages(Resource):
 
     def script(self, plan: Plan) -> str:
         pkgs = " ".join(q(n) for n in plan.data["missing"])
-        install = f"apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold -- {pkgs}"
+        install = (
+            "apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "
+            f"-- {pkgs} >/tmp/.opskit-apt.log 2>&1"
+        )
         return (
             "export DEBIAN_FRONTEND=noninteractive\n"
-            f"if ! {install} >/tmp/.opskit-apt.log 2>&1; then apt-get update -q >/dev/null 2>&1 || true;"
-            f" {install} >/tmp/.opskit-apt.log 2>&1 || {{ tail -n 20 /tmp/.opskit-apt.log >&2; exit 100; }}; fi"
+            f"if ! {install}; then apt-get update -q >/dev/null 2>&1 || true;"
+            f" {install} || {{ tail -n 20 /tmp/.opskit-apt.log >&2; exit 100; }}; fi"
         )
 
 
@@ -442,7 +444,7 @@ class Service(Resource):
 
 @dataclass(frozen=True)
 class User(Resource):
-    """User `name` exists with `shell`, a home, and membership of `groups` (added, never removed)."""
+    """User `name` exists with `shell`, a home, and `groups` (added to, never removed from)."""
 
     name: str
     groups: tuple[str, ...] = ()

@@ -89,7 +89,7 @@ def run_on_hosts(
             )
         except Exception as exc:  # one bad host never stops the others
             if not isinstance(exc, OpsError):
-                log.error("[%s] unexpected error", host.name, exc_info=True)
+                log.exception("[%s] unexpected error", host.name)
             msg = redact(
                 f"{exc}" if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}",
                 host.secrets,

@@ -78,5 +78,9 @@ def run_verify(
             return subprocess.call(cmd, cwd=REPO, env=env)
         finally:
             for h in hosts:  # close the master connections testinfra left behind
-                subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", h.name],
-                               capture_output=True, check=False, timeout=10)
+                subprocess.run(
+                    ["ssh", "-F", str(cfg), "-O", "exit", h.name],
+                    capture_output=True,
+                    check=False,
+                    timeout=10,
+                )

@@ -99,18 +99,16 @@ def deploy(
         json=json,
         ask_sudo_pass=ask_sudo_pass,
     )
-    _record_sentry_release(inv, selected, artifact, started, json=json)
+    _record_sentry_release(inv, selected, artifact.sha, started, ref=artifact.ref, json=json)
 
 
-def _record_sentry_release(inv, selected, artifact, started, *, json):
+def _record_sentry_release(inv, selected, sha, started, *, ref=None, json):
     """Tell Sentry about the release now live (skipped when the inventory has no Sentry)."""
     from opskit import monitoring
     from opskit.clients import ApiError
 
     try:
-        made = monitoring.sentry_release(
-            inv, artifact.sha, hosts=selected, ref=artifact.ref, started=started
-        )
+        made = monitoring.sentry_release(inv, sha, hosts=selected, ref=ref, started=started)
     except (ApiError, ConfigError) as exc:
         print(f"warning: Sentry release not recorded: {exc}", file=sys.stderr)
         return
@@ -145,8 +143,12 @@ def rollback(
         opts = dep.Options(message, float(health_timeout) if health_timeout else None)
     except ValueError as exc:
         raise Exit(f"error: --health-timeout: {exc}", code=ExitStatus.USAGE) from None
-    work = dep.rollback_work(steps=steps, to=to, opts=opts)
+    landed: dict[str, str] = {}
+    work = dep.rollback_work(steps=steps, to=to, opts=opts, landed=landed)
+    started = datetime.now(UTC)
     _run_app_work(inv, selected, work, batch=batch, json=json, ask_sudo_pass=ask_sudo_pass)
+    if len(set(landed.values())) == 1:  # Sentry: a deploy of the release now live everywhere
+        _record_sentry_release(inv, selected, next(iter(landed.values())), started, json=json)
 
 
 @task(

@@ -293,8 +293,8 @@ def backup_drill(c, inventory=None, hosts=None, json=False, ask_sudo_pass=False)
             else f"{len(d['diff'])} table(s) differ from live"
         )
         return (
-            _format_restore(o, "drill")
-            + f"[{o.host}]   RPO (age of the data): {bk.human_age(timedelta(seconds=d['rpo_seconds']))}"
+            _format_restore(o, "drill") + f"[{o.host}]   RPO (age of the data): "
+            f"{bk.human_age(timedelta(seconds=d['rpo_seconds']))}"
             f"; RTO (download + restore): {d['rto_seconds']:.1f} s; {same}; "
             f"{'cleaned up' if d['cleaned_up'] else 'NOT cleaned up'}\n"
         )

@@ -26,9 +26,15 @@ from tasks._common import H
     )
 )
 def monitoring_sync(
-    c, inventory=None, hosts=None, apply=False, json=False, verbose=False, detailed_exitcode=False
+    c,
+    inventory=None,
+    hosts=None,
+    apply=False,
+    json=False,
+    verbose=False,
+    detailed_exitcode=False,
 ):
-    """UptimeRobot monitors and Sentry alert rules as the inventory declares them (plan; --apply)."""
+    """UptimeRobot monitors and Sentry alert rules as the inventory declares (plan; --apply)."""
     from opskit import monitoring
     from opskit.clients import ApiError
 

@@ -64,6 +64,10 @@ def inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     """Run an `inv` task as an operator would; returns the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
         env={**os.environ, "OPSKIT_INVENTORY": str(LAB_INVENTORY), **(env or {})},
     )

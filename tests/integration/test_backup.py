@@ -299,8 +299,11 @@ def test_10_s3_unreachable_exits_nonzero_alerts_keeps_local_copy_no_heartbeat(
     assert h["local_copy_kept"] is True and h["alert"] == "sent"
     sh(lab_spec, db, f"test -s {h['local_path']}")
     # Only the backup's alerts: the health checks of other hosts may post meanwhile.
-    new_alerts = [a for a in labsvc.read_inbox(lab_spec, "slack")[alerts:]
-                  if "backup" in a["payload"].get("text", "").lower()]
+    new_alerts = [
+        a
+        for a in labsvc.read_inbox(lab_spec, "slack")[alerts:]
+        if "backup" in a["payload"].get("text", "").lower()
+    ]
     assert len(new_alerts) == 1 and "FAILED at upload" in new_alerts[0]["payload"]["text"]
     assert h["local_path"] in new_alerts[0]["payload"]["text"]
     assert len(labsvc.read_inbox(lab_spec, "heartbeat")) == beats

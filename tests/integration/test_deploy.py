@@ -202,6 +202,17 @@ def test_03_rollback_serves_v1_in_seconds_without_reinstalling(app_inventory, la
     after = host_state(app_inventory, web1.name)
     assert [r.name for r in after.releases] == [r.name for r in before.releases]
     assert after.journal[-1]["action"] == "rollback" and after.journal[-1]["result"] == "ok"
+    # Sentry learns that v1's commit is live again (a deploy of its existing release)
+    from opskit import labsvc
+
+    sha = str(v1.meta["sha"])
+    deploys = [
+        i
+        for i in labsvc.read_inbox(lab_spec, "sentry")
+        if i.get("kind") == "deploy" and i.get("version") == sha
+    ]
+    assert deploys, back.stdout + back.stderr
+    assert f"Sentry release {sha} (" in back.stdout
 
 
 def test_04_failed_deploy_keeps_the_previous_release_and_is_skipped(app_inventory):

@@ -24,7 +24,7 @@ def test_01_first_provision_converges_every_host(lab_inventory):
     results = provision(lab_inventory)
     assert [r.error for r in results] == [None, None, None]
     for r in results:
-        assert f"file:/etc/ssh/sshd_config.d/10-opskit-hardening.conf" in changed([r])[r.host]
+        assert "file:/etc/ssh/sshd_config.d/10-opskit-hardening.conf" in changed([r])[r.host]
         assert "ssh: a fresh login works after the sshd change" in r.notes
 
 
@@ -58,11 +58,15 @@ def test_04_check_reports_drift_and_changes_nothing(lab_spec, lab_inventory):
 def test_05_changed_host_key_is_refused_while_others_converge(tmp_path, lab_inventory):
     known = lab_inventory.ssh.known_hosts.read_text().splitlines()
     addr2, addr3 = lab_inventory.hosts[1].address, lab_inventory.hosts[2].address
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True
+    )
     other = (tmp_path / "k.pub").read_text().split()[1]
-    lines = [f"{addr2} ssh-ed25519 {other}" if ln.startswith(f"{addr2} ") else ln
-             for ln in known if not ln.startswith(f"{addr3} ")]
+    lines = [
+        f"{addr2} ssh-ed25519 {other}" if ln.startswith(f"{addr2} ") else ln
+        for ln in known
+        if not ln.startswith(f"{addr3} ")
+    ]
     kh = tmp_path / "known_hosts"
     kh.write_text("\n".join(lines) + "\n")
 
@@ -103,7 +107,10 @@ def test_07_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, lab_spec, l
 
     cases = {
         "malformed": (lambda p: p.write_text("groups: [web1\n"), r"invalid YAML"),
-        "unknown": (unknown_var, "vars.base_timezon: unknown variable (did you mean 'base_timezone'?)"),
+        "unknown": (
+            unknown_var,
+            "vars.base_timezon: unknown variable (did you mean 'base_timezone'?)",
+        ),
         "secret": (missing_secret, "ssh.sudo_password: secret OPSKIT_TEST_SUDO is not set"),
     }
     for name, (change, message) in cases.items():
@@ -112,7 +119,9 @@ def test_07_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, lab_spec, l
             change(path)
         cli = inv("provision", "-i", str(path))
         assert cli.returncode == 2, (name, cli.stdout, cli.stderr)
-        assert str(path) in cli.stderr and (message in cli.stderr or name == "malformed"), cli.stderr
+        assert str(path) in cli.stderr and (message in cli.stderr or name == "malformed"), (
+            cli.stderr
+        )
         assert "Traceback" not in cli.stderr
     assert lab.exec_in(lab_spec, web1, ["stat", "-c", "%Y", "/etc/timezone"]).stdout == before
 
@@ -144,7 +153,8 @@ def test_09_trust_records_fingerprints(tmp_path, lab_inventory):
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.count("recorded") == 3 and "SHA256:" in cli.stdout
     assert sorted(kh.read_text().splitlines()) == sorted(
-        ln for ln in lab_inventory.ssh.known_hosts.read_text().splitlines()
+        ln
+        for ln in lab_inventory.ssh.known_hosts.read_text().splitlines()
         if ln.split(" ")[0] in {h.address for h in lab_inventory.hosts}
     )
     again = inv("hosts.trust", "-i", str(path))
@@ -182,12 +192,25 @@ def test_12_sudo_with_a_password_from_a_secret(tmp_path, lab_spec, lab_inventory
 
     path = write_inventory(tmp_path, change)
     try:
-        good = inv("provision", "-i", str(path), "--hosts", db1.name, "--verbose",
-                   env={"OPSKIT_TEST_SUDO": "pw-12345"})
+        good = inv(
+            "provision",
+            "-i",
+            str(path),
+            "--hosts",
+            db1.name,
+            "--verbose",
+            env={"OPSKIT_TEST_SUDO": "pw-12345"},
+        )
         assert good.returncode == 0, good.stdout + good.stderr
         assert "ok=" in good.stdout and "pw-12345" not in good.stdout + good.stderr
-        bad = inv("provision", "-i", str(path), "--hosts", db1.name,
-                  env={"OPSKIT_TEST_SUDO": "wrong-pw-999"})
+        bad = inv(
+            "provision",
+            "-i",
+            str(path),
+            "--hosts",
+            db1.name,
+            env={"OPSKIT_TEST_SUDO": "wrong-pw-999"},
+        )
         assert bad.returncode == 1 and "sudo password was refused" in bad.stdout
         assert "wrong-pw-999" not in bad.stdout + bad.stderr
     finally:

@@ -86,7 +86,8 @@ def test_select_unknown_names_choices(tmp_path):
             r"w1.address: expected an IP",
         ),
         (
-            "ssh: {known_hosts: k}\nvars: {base_timezon: UTC}\ngroups: {web: {hosts: {w1: {address: x}}}}",
+            "ssh: {known_hosts: k}\nvars: {base_timezon: UTC}\n"
+            "groups: {web: {hosts: {w1: {address: x}}}}",
             r"vars.base_timezon: unknown variable \(did you mean 'base_timezone'\?\)",
         ),
         (
@@ -103,7 +104,8 @@ def test_select_unknown_names_choices(tmp_path):
             r"w1.port: expected a TCP port",
         ),
         (
-            "ssh: {known_hosts: k}\ngroups:\n  a: {vars: {app_port: 1}, hosts: {w1: {address: x}}}\n"
+            "ssh: {known_hosts: k}\ngroups:\n"
+            "  a: {vars: {app_port: 1}, hosts: {w1: {address: x}}}\n"
             "  b: {vars: {app_port: 2}, hosts: {w1: {address: x}}}",
             r"groups.b.vars.app_port: host 'w1' also gets",
         ),

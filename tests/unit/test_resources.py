@@ -75,7 +75,8 @@ def test_cron_schedule_rejected(bad):
 
 
 @pytest.mark.parametrize(
-    "good", ["0 */6 * * *", "15 3 * * mon", "@daily", "0,30 8-18 1 1-12 1-5", "0 9 * jan-mar mon-fri"]
+    "good",
+    ["0 */6 * * *", "15 3 * * mon", "@daily", "0,30 8-18 1 1-12 1-5", "0 9 * jan-mar mon-fri"],
 )
 def test_cron_schedule_accepted(good):
     assert validate_cron_schedule(good)
