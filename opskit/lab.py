@@ -57,7 +57,9 @@ Progress = Callable[[str], None]
 
 SUITE = "bookworm"
 # Bump when the image recipe (_build_image / _configure_image) changes: it is part of the key.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+# Daemons of baked-in packages that only their role starts (see _build_image).
+ROLE_DAEMONS = ("nginx.service", "postgresql.service", "certbot.timer")
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "python3", "sudo")
 # Units masked in the image. apt-daily*: a timer-driven apt run in a host would hold the dpkg lock
 # while a test installs something (and would go through the proxy unasked).
@@ -1037,6 +1039,9 @@ def _configure_image(root: Path, spec: LabSpec, build_log: Path, progress: Progr
         chroot("useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", user)
         _write_file(root / "etc/sudoers.d" / user, f"{user} ALL=(ALL) NOPASSWD:ALL\n", 0o440)
         chroot("visudo", "-cf", f"/etc/sudoers.d/{user}")
+        # The packages are baked in for speed, but a real server runs a daemon only when a role
+        # installed it: the roles enable what they need (a db host must not serve port 80).
+        chroot("systemctl", "disable", "--quiet", *ROLE_DAEMONS)
         chroot("apt-get", "clean")
     finally:
         _umount_under(root / "dev/shm")
@@ -1538,6 +1543,8 @@ def _start_services(spec: LabSpec, progress: Progress) -> None:
                     f"{service.port}; log {log_file}:\n{_read_tail(log_file)}"
                 )
             time.sleep(0.1)
+        if service.started is not None:
+            service.started(spec)
         progress(f"service {service.name}: listening on {address}:{service.port} (pid {pid})")
 
 

@@ -17,6 +17,7 @@ if str(_HERE.parent) not in sys.path:
 from invoke import Collection  # noqa: E402
 
 from tasks.app import deploy, releases, rollback  # noqa: E402
+from tasks.audit import audit  # noqa: E402
 from tasks.backup import (  # noqa: E402
     backup_bucket,
     backup_drill,
@@ -31,6 +32,8 @@ from tasks.demo import lab_demo  # noqa: E402
 from tasks.dev import lint, test  # noqa: E402
 from tasks.lab import lab_down, lab_inbox, lab_status, lab_up  # noqa: E402
 from tasks.monitoring import monitoring_check, monitoring_status, monitoring_sync  # noqa: E402
+from tasks.report import report_daily, report_weekly  # noqa: E402
+from tasks.status import status  # noqa: E402
 
 hosts_ns = Collection("hosts")
 hosts_ns.add_task(trust)
@@ -51,6 +54,9 @@ monitoring_ns = Collection("monitoring")
 monitoring_ns.add_task(monitoring_sync, name="sync")
 monitoring_ns.add_task(monitoring_check, name="check")
 monitoring_ns.add_task(monitoring_status, name="status")
+report_ns = Collection("report")
+report_ns.add_task(report_daily, name="daily")
+report_ns.add_task(report_weekly, name="weekly")
 certs_ns = Collection("certs")
 certs_ns.add_task(certs_status, name="status")
 certs_ns.add_task(certs_renew, name="renew")
@@ -62,9 +68,12 @@ ns = Collection(provision, verify, run)
 ns.add_task(deploy)
 ns.add_task(rollback)
 ns.add_task(releases)
+ns.add_task(status)
+ns.add_task(audit)
 ns.add_collection(hosts_ns)
 ns.add_collection(lab_ns)
 ns.add_collection(backup_ns)
 ns.add_collection(monitoring_ns)
 ns.add_collection(certs_ns)
+ns.add_collection(report_ns)
 ns.add_collection(dev_ns)

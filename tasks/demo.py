@@ -5,14 +5,28 @@ from __future__ import annotations
 import time
 
 from invoke import task
+from invoke.exceptions import Exit
 
 from tasks._common import H
 from tasks.app import deploy, releases
+from tasks.audit import audit
 from tasks.backup import backup_drill, backup_list, backup_run
 from tasks.certs import certs_renew, certs_status
 from tasks.core import provision, verify
 from tasks.lab import lab_inbox, lab_up
 from tasks.monitoring import monitoring_check, monitoring_sync
+from tasks.report import report_daily
+from tasks.status import status
+
+
+def _shown(check, c, inventory):
+    """Run a check task; its warnings (exit 4) are the demo's to show, not to stop at."""
+    try:
+        check(c, inventory=inventory)
+    except Exit as exc:
+        if exc.code != 4:
+            raise
+        print("(exit 4: warnings, shown above)")
 
 
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
@@ -51,6 +65,12 @@ def lab_demo(c, inventory=None, fresh=False):
         ),
         ("health checks now, as cron runs them", lambda: monitoring_check(c, inventory=inventory)),
         ("verify every host with testinfra", lambda: verify(c, inventory=inventory)),
+        ("fleet status: one screen, worst state first", lambda: _shown(status, c, inventory)),
+        ("security audit, from outside and inside", lambda: _shown(audit, c, inventory)),
+        (
+            "the daily review: Markdown, HTML with charts, JSON, and a Slack summary",
+            lambda: report_daily(c, inventory=inventory, slack=True),
+        ),
         (
             "what the stand-ins received (Slack, heartbeats, monitors, Sentry, logs)",
             lambda: lab_inbox(c, inventory=inventory, last=5),
@@ -61,6 +81,6 @@ def lab_demo(c, inventory=None, fresh=False):
         print(f"\n== {n}/{len(steps)} {title}", flush=True)
         step()
     print(
-        f"\nthe lab is converged, deployed, backed up, certified, monitored and verified in "
-        f"{time.monotonic() - started:.0f} s; `inv lab.down` stops it"
+        f"\nthe lab is converged, deployed, backed up, certified, monitored, verified, audited "
+        f"and reported on in {time.monotonic() - started:.0f} s; `inv lab.down` stops it"
     )

@@ -65,6 +65,7 @@ class LabService:
     env_builder: Callable[[LabSpec], Mapping[str, str]] | None = None
     prepare: Callable[[LabSpec], None] | None = None
     ready_timeout: float = 20.0
+    started: Callable[[LabSpec], None] | None = None  # once it listens (e.g. fetch its CA)
 
     def address(self, spec: LabSpec) -> str:
         """The address the service listens on: the bridge's (gateway) or 127.0.0.1."""
@@ -229,7 +230,20 @@ def _pebble_env(spec: LabSpec) -> Mapping[str, str]:
     return pebble.ENV  # PEBBLE_VA_ALWAYS_VALID=1 (no DNS in the lab), no sleeps, no bad nonces
 
 
-PEBBLE = LabService("pebble", 14000, _pebble_argv, env_builder=_pebble_env, prepare=_prepare_pebble)
+def _pebble_started(spec: LabSpec) -> None:
+    from opskit.labsvc import pebble
+
+    pebble.save_roots(_pebble_dir(spec), _gateway_ip(spec))  # roots.pem: audit_tls_ca_file
+
+
+PEBBLE = LabService(
+    "pebble",
+    14000,
+    _pebble_argv,
+    env_builder=_pebble_env,
+    prepare=_prepare_pebble,
+    started=_pebble_started,
+)
 
 # Started in this order by `up`, stopped in reverse order by `down`.
 SERVICES: tuple[LabService, ...] = (

@@ -10,8 +10,13 @@ writes:
 * ``pki/server.pem``, ``pki/server.key``: the certificate of pebble's HTTPS listener, for the
   bridge address. Lab hosts trust the ACME endpoint through ``certbot_acme_ca_file`` (the lab
   inventory points it at ``pki/ca.pem``); production hosts use the system's CAs.
-* ``pebble.json``: listen on ``<gateway>:14000``, management interface off, 90-day certificates
-  (Let's Encrypt's lifetime; bookworm's pebble 2.4 issues 5-year ones unless told).
+* ``pebble.json``: listen on ``<gateway>:14000``, its management interface on
+  ``<gateway>:15000``, 90-day certificates (Let's Encrypt's lifetime; bookworm's pebble 2.4
+  issues 5-year ones unless told).
+
+Once it listens, ``save_roots`` writes ``roots.pem``: the issuing root of this run, from the
+management interface (``/roots/0``), which the lab inventory gives ``inv audit`` as
+``audit_tls_ca_file`` so the lab's certificates verify like Let's Encrypt's do in production.
 
 Pebble keeps everything in memory: its issuing root and intermediate are new at every start
 (``inv certs.status`` shows "Pebble Intermediate CA <random>" as issuer), and it forgets the
@@ -28,6 +33,7 @@ from pathlib import Path
 from opskit.labsvc.pki import make_pki
 
 PORT = 14000
+MGMT_PORT = 15000
 PEBBLE = "/usr/bin/pebble"
 SERVER_NAME = "acme.opskit.lab"
 CA_NAME = "opskit lab ACME CA"
@@ -44,7 +50,7 @@ def config(address: str, pki: Path) -> dict[str, object]:
     return {
         "pebble": {
             "listenAddress": f"{address}:{PORT}",
-            "managementListenAddress": "",  # off: nothing in opskit needs it
+            "managementListenAddress": f"{address}:{MGMT_PORT}",  # for roots.pem
             "certificate": str(pki / "server.pem"),
             "privateKey": str(pki / "server.key"),
             # Where pebble would fetch HTTP-01/TLS-ALPN-01 challenges (unused: always valid).
@@ -95,4 +101,32 @@ def prepare(directory: Path, address: str) -> Path:
     pki = ensure_pki(directory / "pki", address)
     path = directory / "pebble.json"
     path.write_text(json.dumps(config(address, pki), indent=2) + "\n")
+    return path
+
+
+def save_roots(directory: Path, address: str, *, timeout: float = 20.0) -> Path:
+    """Write the issuing root pebble made at this start to ``directory/roots.pem``."""
+    import time
+
+    import requests
+
+    from opskit.lab import LabError
+
+    url = f"https://{address}:{MGMT_PORT}/roots/0"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = requests.get(url, verify=str(directory / "pki" / "ca.pem"), timeout=5)
+            if answer.ok and "BEGIN CERTIFICATE" in answer.text:
+                break
+            problem = f"HTTP {answer.status_code}"
+        except requests.RequestException as exc:
+            problem = str(exc)
+        if time.monotonic() > deadline:
+            raise LabError(f"pebble's root from {url}: {problem}")
+        time.sleep(0.2)
+    path = directory / "roots.pem"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(answer.text)
+    tmp.replace(path)
     return path

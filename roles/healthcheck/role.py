@@ -108,6 +108,10 @@ def build_config(v: Mapping[str, Any]) -> dict[str, Any]:
         }
         checks["pm2"]["restarts_warning"] = checks["pm2"].pop("warning")
         checks["pm2"]["restarts_critical"] = checks["pm2"].pop("critical")
+        if "app_name" in v:  # a deploy's reload restarts every process: not counted (below)
+            from opskit.deploy import AppLayout
+
+            checks["pm2"]["current"] = AppLayout.from_vars(v).current
     log = v["healthcheck_access_log"]
     if log is None:
         log = "/var/log/nginx/access.log" if "nginx_server_names" in v else ""

@@ -344,6 +344,9 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
     db, user = v["postgresql_app_database"], v["postgresql_app_user"]
     out: list[Resource] = [
         Packages(tuple(v["postgresql_packages"])),
+        # Running before its files change: pg_hba.conf is checked by the live server
+        # (pg_hba_file_rules); PgCluster reloads or restarts it for what changed.
+        Service("postgresql"),
         Template(
             conf,
             "postgresql/opskit.conf.j2",
@@ -361,7 +364,6 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
             group="postgres",
             check_after=check_hba,
         ),
-        Service("postgresql"),
         PgCluster(ver, cluster, watch=(f"file:{conf}", f"file:{hba}")),
         PgRole(user, v["postgresql_app_password"]),
         PgDatabase(db, user),

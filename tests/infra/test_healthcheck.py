@@ -50,3 +50,12 @@ def test_check_runs_and_reports(host):
     status = json.loads(out.stdout)
     assert status["level"] in ("ok", "warning", "critical")
     assert {r["name"] for r in status["results"]} >= {"disk", "memory"}
+
+
+def test_check_runs_with_crons_environment(host):
+    # cron gives its jobs PATH=/usr/bin:/bin only; every probe must still find its tools
+    out = host.run("env -i PATH=/usr/bin:/bin /usr/local/bin/opskit-healthcheck --no-alert --json")
+    assert out.rc in (0, 1, 2), out.stderr
+    status = json.loads(out.stdout)
+    lost = [r for r in status["results"] if "No such file" in json.dumps(r)]
+    assert not lost, lost

@@ -484,7 +484,8 @@ def test_wrapper_refuses_to_run_certbot_when_the_acme_server_does_not_answer(tmp
 
 def test_pebble_config_and_pki(tmp_path: Path):
     cfg = pebble.config("10.213.4.1", tmp_path)["pebble"]
-    assert cfg["listenAddress"] == "10.213.4.1:14000" and cfg["managementListenAddress"] == ""
+    assert cfg["listenAddress"] == "10.213.4.1:14000"
+    assert cfg["managementListenAddress"] == "10.213.4.1:15000"  # roots.pem for inv audit
     assert cfg["certificateValidityPeriod"] == 90 * 24 * 3600
     pki = pebble.ensure_pki(tmp_path / "pki", "10.213.4.1")
     served = x509.load_pem_x509_certificate((pki / "server.pem").read_bytes())
