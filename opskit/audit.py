@@ -1734,15 +1734,6 @@ _COLOURS = {
 }
 
 
-def use_colour(isatty: bool, environ: Mapping[str, str]) -> bool:
-    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
-
-    >>> use_colour(True, {}), use_colour(True, {"NO_COLOR": "1"}), use_colour(False, {})
-    (True, False, False)
-    """
-    return isatty and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
-
-
 def format_host(h: HostAudit, *, colour: bool = False) -> str:
     """One host's findings as a person reads them: worst first, each with detail and fix."""
 

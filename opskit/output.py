@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 from opskit.result import Change, HostResult
@@ -79,3 +79,14 @@ def to_json(results: Sequence[HostResult], *, dry_run: bool) -> str:
         d["failed"] = r.failed
         hosts.append(d)
     return json.dumps({"dry_run": dry_run, "hosts": hosts}, indent=2) + "\n"
+
+
+def use_color(isatty: bool, environ: Mapping[str, str]) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+
+    >>> use_color(True, {}), use_color(False, {}), use_color(True, {"NO_COLOR": "1"})
+    (True, False, False)
+    >>> use_color(True, {"TERM": "dumb"})
+    False
+    """
+    return isatty and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"

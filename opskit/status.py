@@ -1245,17 +1245,6 @@ def collect(
 _COLORS = {"ok": "32", "warning": "33", "critical": "31", "unknown": "35"}
 
 
-def use_color(isatty: bool, environ: Mapping[str, str]) -> bool:
-    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
-
-    >>> use_color(True, {}), use_color(False, {}), use_color(True, {"NO_COLOR": "1"})
-    (True, False, False)
-    >>> use_color(True, {"TERM": "dumb"})
-    False
-    """
-    return isatty and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
-
-
 def paint(text: str, level: str, color: bool) -> str:
     """`text` in the level's colour (bold for critical) when `color`, else as is."""
     if not color:

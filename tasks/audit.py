@@ -10,6 +10,7 @@ from invoke.exceptions import Exit
 
 from opskit import cli
 from opskit.errors import ConfigError, ExitStatus
+from opskit.output import use_color
 from tasks._common import H
 
 
@@ -51,7 +52,7 @@ def audit(
         raise Exit(
             f"error: --since-hours: not a number: {since_hours!r}", code=ExitStatus.USAGE
         ) from None
-    colour = aud.use_colour(sys.stdout.isatty(), os.environ)
+    colour = use_color(sys.stdout.isatty(), os.environ)
 
     def emit(h):
         if not json and not summary:

@@ -10,6 +10,7 @@ from invoke.exceptions import Exit
 
 from opskit import cli
 from opskit.errors import ConfigError, ExitStatus
+from opskit.output import use_color
 from tasks._common import H
 
 
@@ -51,7 +52,7 @@ def status(c, inventory=None, hosts=None, json=False, workers=8, samples=0, ask_
     if json:
         print(st.to_json(fleet), end="")
     else:
-        color = st.use_color(sys.stdout.isatty(), os.environ)
+        color = use_color(sys.stdout.isatty(), os.environ)
         print(st.format_fleet(fleet, color=color), end="")
     if fleet.exit_code:
         raise Exit(code=int(fleet.exit_code))

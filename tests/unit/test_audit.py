@@ -27,6 +27,7 @@ from opskit.audit import (
 )
 from opskit.audit_http import Response, TlsVerdict
 from opskit.errors import ConfigError
+from opskit.output import use_color
 from tests.fakes import make_host
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -586,6 +587,4 @@ def test_format_plain_and_coloured() -> None:
     assert "[db1] UNREACHABLE" in plain and "  ! db1 (deploy@10.0.0.21:22): unreachable" in plain
     assert lines[-1].endswith("1 host(s) not fully read (exit 5)")
     assert "\x1b[1;31mcritical" in audit.format_report(r, colour=True)
-    assert audit.use_colour(True, {"NO_COLOR": ""}) and not audit.use_colour(
-        True, {"NO_COLOR": "1"}
-    )
+    assert use_color(True, {"NO_COLOR": ""}) and not use_color(True, {"NO_COLOR": "1"})

@@ -20,6 +20,7 @@ import yaml
 from opskit import status
 from opskit.errors import ConfigError
 from opskit.inventory import Host, load_inventory
+from opskit.output import use_color
 from opskit.status import FleetStatus, HostStatus, Metric, Pair, Raw, StatusExit
 from tests.fakes import LocalRemote
 
@@ -480,7 +481,7 @@ def test_the_screen_colors_levels_on_a_terminal(tmp_path):
     ],
 )
 def test_use_color(isatty, env, expected):
-    assert status.use_color(isatty, env) is expected
+    assert use_color(isatty, env) is expected
 
 
 def test_json_shape_for_the_reports(tmp_path):
