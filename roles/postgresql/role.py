@@ -134,7 +134,12 @@ class PgCluster(Resource):
         lines = state.split()
         active = lines[0] if lines else ""
         if active != "active":
-            return Plan((f"start ({active or 'unknown'})",))
+            # The postgresql service may have started it earlier in this run, before its files
+            # changed: after the start, the reload below makes sure they are in effect.
+            reload = ("reload (config changed; restart if a setting needs it)",)
+            return Plan(
+                (f"start ({active or 'unknown'})", *(reload if changed & set(self.watch) else ()))
+            )
         if changed & set(self.watch):
             return Plan(("reload (config changed; restart if a setting needs it)",))
         if len(lines) > 1 and lines[1].isdigit() and int(lines[1]) > 0:
@@ -147,15 +152,17 @@ class PgCluster(Resource):
             "for _i in $(seq 120); do env -C / runuser -u postgres -- pg_isready -q && break; "
             "sleep 0.5; done; env -C / runuser -u postgres -- pg_isready -q"
         )
-        verb = plan.reasons[0].split()[0]
-        if verb == "start":
-            return f"systemctl start -- {unit}\n{ready}"
+        verbs = [r.split()[0] for r in plan.reasons]
+        start = f"systemctl start -- {unit}\n{ready}"
+        if verbs == ["start"]:
+            return start
         pending = psql("SELECT count(*) FROM pg_settings WHERE pending_restart")
         loaded = psql("SELECT pg_conf_load_time()")
-        if verb == "restart":
+        if verbs == ["restart"]:
             return f"systemctl restart -- {unit}\n{ready}"
         return "\n".join(
             [
+                *([start] if verbs[0] == "start" else []),
                 f"_pg_before=$({loaded})",
                 f"systemctl reload -- {unit}",
                 # reload only signals the server: wait until it has read the files again

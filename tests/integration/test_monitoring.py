@@ -122,7 +122,9 @@ def check(path, host):
 
 @pytest.fixture(scope="module")
 def mon(tmp_path_factory, lab_spec):
-    """(spec, inventory path, inventory, web host names) with the health server on web hosts."""
+    """(spec, inventory path, inventory, web host names) with the health server on web hosts and
+    a local PostgreSQL on every host for the database check (127.0.0.1: the lab image has it, off
+    until a role starts it; hosts without the postgresql role get it stopped again after)."""
     tmp = tmp_path_factory.mktemp("monitoring")
     path = make_inventory(tmp, lab_spec)
     inventory = load_inventory(path)
@@ -136,7 +138,16 @@ def mon(tmp_path_factory, lab_spec):
         )
         done = lab.exec_in(lab_spec, name, ["sh", "-c", script], input=HEALTH_SERVER)
         assert done.returncode == 0, done.stderr
-    return lab_spec, path, inventory, web
+    started = []
+    for h in inventory.hosts:
+        if lab.exec_in(lab_spec, h.name, ["systemctl", "is-active", "-q", "postgresql"]).returncode:
+            done = lab.exec_in(lab_spec, h.name, ["systemctl", "start", "postgresql"])
+            assert done.returncode == 0, done.stderr
+            started.append(h)
+    yield lab_spec, path, inventory, web
+    for h in started:
+        if "postgresql" not in h.roles:
+            lab.exec_in(lab_spec, h.name, ["systemctl", "stop", "postgresql"])
 
 
 def test_01_missing_webhook_secret_is_a_clear_error_that_changes_nothing(mon, tmp_path):

@@ -241,7 +241,7 @@ def test_02_daily_report_holds_the_numbers_of_this_run(rinv: Inventory, out: Pat
     not_after = dt.datetime.strptime(end.split("=", 1)[1], "%b %d %H:%M:%S %Y GMT")
     until = dt.datetime.fromisoformat(data["until"].replace("Z", "+00:00")).replace(tzinfo=None)
     days = int((not_after - until).total_seconds() // 86400)
-    certs = [c for h in data["certs"]["hosts"] for c in h["certificates"]]
+    certs = [c for h in data["certs"]["hosts"] if h["host"] == w for c in h["certificates"]]
     assert [c["days_left"] for c in certs if c["name"] == "sample.opskit.lab"] == [days]
     assert f"| {w} | sample.opskit.lab | {days} |" in md
 

@@ -23,6 +23,7 @@ import pytest
 from opskit import certs, status
 from opskit.inventory import Host, Inventory, load_inventory
 from opskit.remote import connect
+from opskit.roles import REPO
 from opskit.runner import provision_work, run_on_hosts
 from tests.integration.conftest import inv, write_inventory
 
@@ -38,6 +39,8 @@ def status_inventory(lab_inventory: Inventory, tmp_path_factory: pytest.TempPath
         for group in data["groups"].values():
             if "postgresql" in group.get("roles", []):
                 group.setdefault("vars", {})["status_disk_paths"] = ["/", MOUNT]
+            if "app_repo" in group.get("vars", {}):  # relative to lab.yml, not to this copy
+                group["vars"]["app_repo"] = str(REPO)
 
     return write_inventory(tmp_path_factory.mktemp("status"), change)
 
