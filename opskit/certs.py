@@ -189,8 +189,11 @@ def check_vars(v: Mapping[str, Any]) -> tuple[CertSpec, ...]:
     return certs
 
 
-def read_ca_file(name: str, base: Path) -> str | None:
-    """The PEM text of certbot_acme_ca_file (read on the operator's machine), or None."""
+def read_ca_file(
+    name: str, base: Path, key: str = "certbot_acme_ca_file", made: str = "the lab ACME server's CA"
+) -> str | None:
+    """The PEM text of the CA file variable `key` names (`name`, read on the operator's machine,
+    relative to `base`), or None when empty; `made` says what `inv lab.up` writes there."""
     if not name:
         return None
     path = Path(name).expanduser()
@@ -199,11 +202,10 @@ def read_ca_file(name: str, base: Path) -> str | None:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(
-            f"certbot_acme_ca_file: cannot read {path}: {exc.strerror} (in the lab, `inv lab.up` "
-            "makes the lab ACME server's CA)"
+            f"{key}: cannot read {path}: {exc.strerror} (in the lab, `inv lab.up` makes {made})"
         ) from None
     if "-----BEGIN CERTIFICATE-----" not in text:
-        raise ConfigError(f"certbot_acme_ca_file: {path} holds no PEM certificate")
+        raise ConfigError(f"{key}: {path} holds no PEM certificate")
     return text
 
 
@@ -380,27 +382,6 @@ class NginxReload(Resource):
             'reloaded: $_opskit_out" >&2; exit 65; fi\n'
             "systemctl reload nginx"
         )
-
-
-@dataclass(frozen=True)
-class DaemonReloadFor(Resource):
-    """Handler: `systemctl daemon-reload` once when a unit file of `name` in `watch` changed."""
-
-    name: str
-    watch: tuple[str, ...]
-
-    @property
-    def id(self) -> str:  # type: ignore[override]
-        return f"systemd:daemon-reload ({self.name})"
-
-    def probe(self) -> str:
-        return "true"
-
-    def plan(self, state: str, changed: frozenset[str]) -> Plan:
-        return Plan(("daemon-reload (unit changed)",)) if changed & set(self.watch) else NOTHING
-
-    def script(self, plan: Plan) -> str:
-        return "systemctl daemon-reload"
 
 
 # Cron entries that run `certbot renew` (or the older `letsencrypt` / `certbot-auto`).

@@ -302,6 +302,28 @@ class Absent(Resource):
 
 
 @dataclass(frozen=True)
+class DaemonReload(Resource):
+    """Handler: `systemctl daemon-reload` once when a unit file in `watch` changed; `name` tells
+    apart the handlers of several roles on one host."""
+
+    watch: tuple[str, ...]
+    name: str = ""
+
+    @property
+    def id(self) -> str:  # type: ignore[override]
+        return f"systemd:daemon-reload ({self.name})" if self.name else "systemd:daemon-reload"
+
+    def probe(self) -> str:
+        return "true"
+
+    def plan(self, state: str, changed: frozenset[str]) -> Plan:
+        return Plan(("daemon-reload (unit changed)",)) if changed & set(self.watch) else NOTHING
+
+    def script(self, plan: Plan) -> str:
+        return "systemctl daemon-reload"
+
+
+@dataclass(frozen=True)
 class Symlink(Resource):
     path: str
     target: str

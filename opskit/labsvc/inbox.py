@@ -46,6 +46,45 @@ def consume_fault(directory: Path) -> tuple[int, int] | None:
     return int(spec.get("status", 500)), int(spec.get("retry_after", 1))
 
 
+class StandInHandler(BaseHTTPRequestHandler):
+    """What every HTTP stand-in shares: a quiet log, the request body, a reply, and the faults a
+    test injected (``faults.json``), answered before anything else."""
+
+    content_type = "text/plain; charset=utf-8"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # keep the log short
+        pass
+
+    def body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def fault_answered(self, fault: tuple[int, int] | None, body: bytes) -> bool:
+        """Answer an injected fault (status, retry_after) with `body`; False when none."""
+        if fault is None:
+            return False
+        status, retry = fault
+        self.send(status, body, {"Retry-After": str(retry)} if status == 429 else None)
+        return True
+
+
+class JsonStandInHandler(StandInHandler):
+    content_type = "application/json"
+
+    def reply(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        self.send(status, b"" if data is None else json.dumps(data).encode(), headers)
+
+
 class Inbox:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -78,37 +117,18 @@ class Inbox:
 
 
 def make_handler(kind: str, inbox: Inbox) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(StandInHandler):
         server_version = "opskit-lab-inbox"
 
-        def log_message(self, fmt: str, *args: Any) -> None:  # keep the log short
-            pass
-
         def reply(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
-        def body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+            self.send(status, body.encode(), headers)
 
         def handle_any(self) -> None:
             raw = self.body()
             fault = inbox.fault()
-            if fault is not None:
-                status, retry = fault
-                self.reply(
-                    status,
-                    "rate_limited" if status == 429 else "fault",
-                    {"Retry-After": str(retry)} if status == 429 else None,
-                )
+            if self.fault_answered(
+                fault, b"rate_limited" if fault and fault[0] == 429 else b"fault"
+            ):
                 return
             if kind == "heartbeat":
                 if not HEARTBEAT_PATH.match(self.path):

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from opskit.labsvc.inbox import consume_fault
+from opskit.labsvc.inbox import JsonStandInHandler, consume_fault
 
 PROJECT_ID = "1"
 VERSION_RE = re.compile(r"^(?!\.{1,2}$)[^/\r\n\t\x0c\x0b]{1,200}$")
@@ -274,34 +274,13 @@ class Store:
 
 
 def make_handler(store: Store, token: str, public_key: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonStandInHandler):
         server_version = "opskit-lab-sentry"
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            pass
-
-        def reply(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
-            body = b"" if data is None else json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
         def handle_any(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+            raw = self.body()
             with store.lock:
-                fault = store.fault()
-                if fault is not None:
-                    status, retry = fault
-                    self.reply(
-                        status,
-                        {"detail": "injected fault"},
-                        {"Retry-After": str(retry)} if status == 429 else None,
-                    )
+                if self.fault_answered(store.fault(), b'{"detail": "injected fault"}'):
                     return
                 parts = urlsplit(self.path)
                 try:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from opskit.labsvc.inbox import consume_fault
+from opskit.labsvc.inbox import JsonStandInHandler, consume_fault
 
 TYPES = ("HTTP", "KEYWORD", "PING", "PORT", "HEARTBEAT", "DNS", "API", "UDP")
 KEYWORD_TYPES = ("ALERT_EXISTS", "ALERT_NOT_EXISTS")
@@ -258,34 +258,14 @@ def _summary(monitor: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_handler(store: Store, api_key: str, page_size: int) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonStandInHandler):
         server_version = "opskit-lab-uptimerobot"
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            pass
-
-        def reply(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
-            body = json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
         def handle_any(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+            raw = self.body()
             with store.lock:
-                fault = store.fault()
-                if fault is not None:
-                    status, retry = fault
-                    self.reply(
-                        status,
-                        {"message": "injected fault", "code": "FAULT"},
-                        {"Retry-After": str(retry)} if status == 429 else None,
-                    )
+                fault = b'{"message": "injected fault", "code": "FAULT"}'
+                if self.fault_answered(store.fault(), fault):
                     return
                 if self.headers.get("Authorization") != f"Bearer {api_key}":
                     self.reply(401, {"message": "Unauthorized", "code": "UNAUTHORIZED"})

@@ -9,8 +9,17 @@ from typing import Any
 from opskit.deploy import PM2_BIN, PM2_DIR, AppLayout
 from opskit.errors import ConfigError
 from opskit.release import npm_bundle
-from opskit.release_resources import AppReload, DaemonReload, Unpacked
-from opskit.resources import Directory, Packages, Resource, Service, Symlink, Template, User
+from opskit.release_resources import AppReload, Unpacked
+from opskit.resources import (
+    DaemonReload,
+    Directory,
+    Packages,
+    Resource,
+    Service,
+    Symlink,
+    Template,
+    User,
+)
 from opskit.secrets import Secret
 
 

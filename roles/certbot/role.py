@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from opskit import certs
-from opskit.resources import Absent, Directory, File, Packages, Resource, Service, Template
+from opskit.resources import (
+    Absent,
+    DaemonReload,
+    Directory,
+    File,
+    Packages,
+    Resource,
+    Service,
+    Template,
+)
 from opskit.roles import REPO
 
 
@@ -40,7 +49,7 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
         Template(certs.ENV_FILE, "certbot/env.j2", tv, mode=0o644),
         Directory(dropin.rsplit("/", 1)[0], 0o755),
         Template(dropin, "certbot/opskit.conf.j2", tv, mode=0o644),
-        certs.DaemonReloadFor("certbot", (f"file:{dropin}",)),
+        DaemonReload((f"file:{dropin}",), name="certbot"),
         Template(certs.WRAPPER, "certbot/opskit-certbot.j2", tv, mode=0o755),
         Directory(certs.STATE_DIR, 0o755),
         Directory(certs.LETSENCRYPT, 0o755),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from opskit.certs import read_ca_file
 from opskit.errors import ConfigError
 from opskit.resources import Directory, File, Packages, Resource, Service, Template
 from opskit.roles import REPO
@@ -57,20 +57,7 @@ def app_logs(v: Mapping[str, Any]) -> list[dict[str, str]]:
 def ca_bundle(v: Mapping[str, Any]) -> str | None:
     """The PEM text of papertrail_ca_file (read on the operator's machine), or None."""
     name = str(v["papertrail_ca_file"] or "")
-    if not name:
-        return None
-    path = Path(name).expanduser()
-    path = path if path.is_absolute() else REPO / path
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            f"papertrail_ca_file: cannot read {path}: {exc.strerror} (in the lab, `inv lab.up` "
-            "makes the lab's CA)"
-        ) from None
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        raise ConfigError(f"papertrail_ca_file: {path} holds no PEM certificate")
-    return text
+    return read_ca_file(name, REPO, "papertrail_ca_file", "the lab's CA")
 
 
 def resources(v: Mapping[str, Any]) -> list[Resource]:
