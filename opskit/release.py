@@ -112,6 +112,29 @@ def tar_gz_dir(root: Path, *, prefix: str = "") -> bytes:
     return buf.getvalue()
 
 
+def retimed(tar: bytes, mtime: int) -> bytes:
+    """The tar's entries with `mtime`: git archive stamps a commit's entries with its time but a
+    tree's (`<commit>:<path>`) with the current one, and the same commit must give the same bytes
+    (a redeploy uploads nothing).
+
+    >>> import tarfile
+    >>> buf = io.BytesIO()
+    >>> with tarfile.open(fileobj=buf, mode="w") as t:
+    ...     info = tarfile.TarInfo("a"); info.mtime = 123; t.addfile(info, io.BytesIO())
+    >>> tarfile.open(fileobj=io.BytesIO(retimed(buf.getvalue(), 7))).getmembers()[0].mtime
+    7
+    """
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(tar)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        for member in src.getmembers():
+            member.mtime = mtime
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
 def _walk(root: Path) -> list[Path]:
     """Every path under `root`, sorted, without following symlinks."""
     found = []
@@ -297,7 +320,9 @@ def build(
         kind = ""
     if kind != "tree":
         raise ConfigError(f"app_repo_path {subdir!r}: not a directory at {ref} in {repo}")
-    code = gzip_bytes(_git(repo, "archive", "--format=tar", treeish, what="git archive"))
+    archive = _git(repo, "archive", "--format=tar", treeish, what="git archive")
+    committed = int(_git(repo, "show", "-s", "--format=%ct", sha, what="commit time"))
+    code = gzip_bytes(retimed(archive, committed))
     describe = _git(repo, "describe", "--tags", "--always", sha, what="git describe")
 
     def show(name: str) -> bytes | None:
