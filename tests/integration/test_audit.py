@@ -47,12 +47,16 @@ def sh(spec: lab.LabSpec, host: str, script: str, stdin: str | None = None) -> s
     return done.stdout
 
 
-def wait_for(what: str, check: Any, timeout: float = 15.0) -> None:
-    """nginx reloads asynchronously: old workers may answer for a moment."""
+def wait_for(what: str, check: Any, timeout: float = 15.0, times: int = 5) -> None:
+    """nginx reloads asynchronously: old workers may still take new connections for a moment,
+    so one good answer is not enough; `times` in a row are."""
     deadline = time.monotonic() + timeout
-    while not check():
+    good = 0
+    while good < times:
+        good = good + 1 if check() else 0
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+        if good < times:
+            time.sleep(0.2)
 
 
 def host_audit(inventory: Inventory, host: Host) -> audit.HostAudit:
