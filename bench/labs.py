@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from opskit import lab
-from opskit.roles import REPO
+from opskit.core.roles import REPO
+from opskit.lab import ops as lab
 
 STATE_DIR = Path("/var/lib/opskit/lab-bench")
 BRIDGE = "opskit8"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import labs, tools
-from opskit import lab
+from opskit.lab import ops as lab
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What the slice leaves on a host, read without SSH, and how to take it away again.
 
 `snapshot()` reads every path of the slice (type, mode, owner, group, sha256), the packages and
-the services through nsenter (opskit.lab.exec_in), so reading it sends no SSH session and is not
+the services through nsenter (opskit.lab.ops.exec_in), so reading it sends no SSH session and is not
 counted. `reset()` removes what the slice manages (files, directories, cron entries) and disables
 and stops cron: the next converge starts from the state a fresh host has.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from bench import labs
-from opskit import lab
-from opskit.roles import REPO
+from opskit.core.roles import REPO
+from opskit.lab import ops as lab
 
 DEFAULTS = REPO / "bench" / "roles" / "benchslice" / "defaults.yml"
 

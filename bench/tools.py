@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import labs
-from opskit.roles import REPO
+from opskit.core.roles import REPO
 
 BENCH = REPO / "bench"
 VENV = BENCH / ".venv" / "bin"

@@ -1,3 +1,3 @@
-"""opskit: post-launch operations as code (see README.md and ../shared/DESIGN.md)."""
+"""opskit: post-launch operations as code (README.md; the layers: docs/architecture.md)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

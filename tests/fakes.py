@@ -6,9 +6,9 @@ import subprocess
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from opskit.errors import RemoteCommandError
-from opskit.inventory import Host
-from opskit.remote import Result
+from opskit.core.errors import RemoteCommandError
+from opskit.core.inventory import Host
+from opskit.core.remote import Result
 
 
 def make_host(name: str = "h1", **vars: object) -> Host:
@@ -17,7 +17,7 @@ def make_host(name: str = "h1", **vars: object) -> Host:
 
 @dataclass
 class LocalRemote:
-    """Satisfies the part of opskit.remote.Remote the engine uses; runs scripts locally."""
+    """Satisfies the part of opskit.core.remote.Remote the engine uses; runs scripts locally."""
 
     host: Host = field(default_factory=make_host)
     commands: int = 0

@@ -6,7 +6,7 @@ out, retries transient failures with backoff, and turns failures into `ApiError`
 
 from __future__ import annotations
 
-from opskit.errors import OpsError
+from opskit.core.errors import OpsError
 
 
 class ApiError(OpsError):

@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from opskit.clients import ApiError
-from opskit.secrets import redact
+from opskit.core.secrets import redact
 
 log = logging.getLogger(__name__)
 

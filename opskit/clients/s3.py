@@ -19,8 +19,8 @@ import botocore.exceptions
 from botocore.config import Config
 
 from opskit.clients import ApiError
-from opskit.result import Change
-from opskit.secrets import Secret, redact
+from opskit.core.result import Change
+from opskit.core.secrets import Secret, redact
 
 LIFECYCLE_RULE_ID = "opskit-backup-retention"
 ABORT_MULTIPART_DAYS = 7

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import requests
 
 from opskit.clients.http import JsonApi
-from opskit.secrets import Secret
+from opskit.core.secrets import Secret
 
 DEFAULT_URL = "https://sentry.io"
 

@@ -13,7 +13,7 @@ import requests
 
 from opskit.clients import ApiError
 from opskit.clients.http import JsonApi
-from opskit.secrets import Secret
+from opskit.core.secrets import Secret
 
 DEFAULT_URL = "https://api.uptimerobot.com/v3"
 MAX_PAGES = 200

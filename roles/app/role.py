@@ -6,10 +6,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.deploy import PM2_BIN, PM2_DIR, AppLayout
-from opskit.errors import ConfigError
-from opskit.release import npm_bundle
-from opskit.release_resources import AppReload, Unpacked
+from opskit.app.deploy import PM2_BIN, PM2_DIR, AppLayout
+from opskit.app.release import npm_bundle
+from opskit.app.resources import AppReload, Unpacked
+from opskit.core.errors import ConfigError
+from opskit.core.secrets import Secret
 from opskit.resources import (
     DaemonReload,
     Directory,
@@ -20,7 +21,6 @@ from opskit.resources import (
     Template,
     User,
 )
-from opskit.secrets import Secret
 
 
 def _env(v: Mapping[str, Any], layout: AppLayout) -> dict[str, str]:

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from opskit.errors import ConfigError
-from opskit.remote import Remote
+from opskit.core.errors import ConfigError
+from opskit.core.remote import Remote
+from opskit.core.result import Change
 from opskit.resources import (
     CronEntry,
     Directory,
@@ -17,7 +18,6 @@ from opskit.resources import (
     Template,
     validate_cron_schedule,
 )
-from opskit.result import Change
 
 SCRIPT = "/usr/local/bin/opskit-backup"
 CONFIG = "/etc/opskit-backup.json"
@@ -117,7 +117,7 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
 
 def after_converge(remote: Remote, changes: Sequence[Change], ctx: Any) -> None:
     """Set the bucket's retention, encryption and public-access block from the laptop."""
-    from opskit.backup import ensure_bucket_for
+    from opskit.backup.ops import ensure_bucket_for
 
     changes = ensure_bucket_for(remote.host, dry_run=False)
     made = [c for c in changes if c.changed]

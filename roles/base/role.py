@@ -6,8 +6,9 @@ import zoneinfo
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opskit.errors import ConfigError, ConnectError, OpsError
-from opskit.remote import Remote
+from opskit.core.errors import ConfigError, ConnectError, OpsError
+from opskit.core.remote import Remote
+from opskit.core.result import Change
 from opskit.resources import (
     Directory,
     File,
@@ -18,7 +19,6 @@ from opskit.resources import (
     Template,
     User,
 )
-from opskit.result import Change
 
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-opskit-hardening.conf"
 JAIL = "/etc/fail2ban/jail.d/opskit-sshd.local"

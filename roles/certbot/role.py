@@ -7,7 +7,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from opskit import certs
+from opskit.certs import ops as certs
+from opskit.core.roles import REPO
 from opskit.resources import (
     Absent,
     DaemonReload,
@@ -18,7 +19,6 @@ from opskit.resources import (
     Service,
     Template,
 )
-from opskit.roles import REPO
 
 
 def resources(v: Mapping[str, Any]) -> list[Resource]:

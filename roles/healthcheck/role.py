@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.errors import ConfigError
-from opskit.render import managed_by
+from opskit.core.errors import ConfigError
+from opskit.core.render import managed_by
+from opskit.core.secrets import Secret
 from opskit.resources import CronEntry, Directory, File, Resource, Template
-from opskit.secrets import Secret
 
 SCRIPT = "/usr/local/bin/opskit-healthcheck"
 CONFIG = "/etc/opskit/healthcheck.json"
@@ -109,7 +109,7 @@ def build_config(v: Mapping[str, Any]) -> dict[str, Any]:
         checks["pm2"]["restarts_warning"] = checks["pm2"].pop("warning")
         checks["pm2"]["restarts_critical"] = checks["pm2"].pop("critical")
         if "app_name" in v:  # a deploy's reload restarts every process: not counted (below)
-            from opskit.deploy import AppLayout
+            from opskit.app.deploy import AppLayout
 
             checks["pm2"]["current"] = AppLayout.from_vars(v).current
     log = v["healthcheck_access_log"]

@@ -6,9 +6,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from opskit import certs
-from opskit.errors import ConfigError
-from opskit.render import render
+from opskit.certs import ops as certs
+from opskit.core.errors import ConfigError
+from opskit.core.render import render
 from opskit.resources import Absent, File, Packages, Resource, Service, Template
 
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"

@@ -6,10 +6,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.certs import read_ca_file
-from opskit.errors import ConfigError
+from opskit.certs.ops import read_ca_file
+from opskit.core.errors import ConfigError
+from opskit.core.roles import REPO
 from opskit.resources import Directory, File, Packages, Resource, Service, Template
-from opskit.roles import REPO
 
 CONF = "/etc/rsyslog.d/90-opskit-papertrail.conf"
 CA_PATH = "/etc/ssl/opskit/papertrail-ca.pem"

@@ -1,6 +1,6 @@
 """postgresql: the server, the app's database and role, pg_stat_statements (README.md)."""
 
-# No `from __future__ import annotations` here: opskit.roles loads role modules without
+# No `from __future__ import annotations` here: opskit.core.roles loads role modules without
 # registering them in sys.modules, and @dataclass then cannot resolve string annotations.
 
 import base64
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opskit.errors import ConfigError
+from opskit.core.errors import ConfigError
+from opskit.core.secrets import Secret
 from opskit.resources import NOTHING, Packages, Plan, Resource, Service, Template
-from opskit.secrets import Secret
 
 q = shlex.quote
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from opskit.inventory import load_inventory
+from opskit.core.inventory import load_inventory
 
 
 def _host_name(item: pytest.Item) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opskit.roles import available_roles
+from opskit.core.roles import available_roles
 
 ROLE = "postgresql"
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from opskit import lab
-from opskit.inventory import Inventory, load_inventory
-from opskit.roles import REPO
+from opskit.core.inventory import Inventory, load_inventory
+from opskit.core.roles import REPO
+from opskit.lab import ops as lab
 
 # A developer can point the tests at a lab of their own (another bridge, subnet and host names)
 # so that two labs run side by side; CI uses the embedded default.

@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 
-from opskit import audit, audit_http, lab
-from opskit.certs import declared_certificates, tls_site_paths
-from opskit.inventory import Host, Inventory, load_inventory
-from opskit.runner import provision_work, run_on_hosts
+from opskit.audit import http as audit_http
+from opskit.audit import ops as audit
+from opskit.certs.ops import declared_certificates, tls_site_paths
+from opskit.core.inventory import Host, Inventory, load_inventory
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.lab import ops as lab
 from tests.integration.conftest import inv, write_inventory
 
 TIMINGS: dict[str, Any] = {}

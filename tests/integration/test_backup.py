@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from opskit import backup, lab, labsvc
-from opskit.inventory import load_inventory
-from opskit.runner import provision_work, run_on_hosts
-from opskit.verify import run_verify
+from opskit.backup import ops as backup
+from opskit.core.inventory import load_inventory
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.fleet.verify import run_verify
+from opskit.lab import ops as lab
+from opskit.lab import standins as labsvc
 from tests.integration.conftest import LAB_INVENTORY, inv, write_inventory
 
 OUTPUTS: list[str] = []  # everything the tasks printed: no secret may be in it

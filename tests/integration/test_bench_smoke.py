@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from opskit.roles import REPO
+from opskit.core.roles import REPO
 
 N = 3
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 
-from opskit import certs, lab
-from opskit.inventory import Inventory, load_inventory
-from opskit.runner import provision_work, run_on_hosts
-from opskit.verify import run_verify
+from opskit.certs import ops as certs
+from opskit.core.inventory import Inventory, load_inventory
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.fleet.verify import run_verify
+from opskit.lab import ops as lab
 from tests.integration.conftest import inv, write_inventory
 
 ROLES = ["nginx", "certbot"]

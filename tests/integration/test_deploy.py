@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from opskit import deploy as dep
-from opskit.inventory import Inventory, load_inventory
-from opskit.remote import connect
-from opskit.roles import REPO
-from opskit.runner import provision_work, run_on_hosts
-from opskit.verify import run_verify
+from opskit.app import deploy as dep
+from opskit.core.inventory import Inventory, load_inventory
+from opskit.core.remote import connect
+from opskit.core.roles import REPO
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.fleet.verify import run_verify
 from tests.integration.conftest import inv, write_inventory
 
 HEALTH_TIMEOUT = 8
@@ -180,7 +180,7 @@ def test_02_deploy_v1_then_v2_serves_v2(app_inventory):
 
 
 def test_03_rollback_serves_v1_in_seconds_without_reinstalling(app_inventory, lab_spec):
-    from opskit import lab
+    from opskit.lab import ops as lab
 
     web1 = app_inventory.host(web(app_inventory)[0])
     before = host_state(app_inventory, web1.name)
@@ -203,7 +203,7 @@ def test_03_rollback_serves_v1_in_seconds_without_reinstalling(app_inventory, la
     assert [r.name for r in after.releases] == [r.name for r in before.releases]
     assert after.journal[-1]["action"] == "rollback" and after.journal[-1]["result"] == "ok"
     # Sentry learns that v1's commit is live again (a deploy of its existing release)
-    from opskit import labsvc
+    from opskit.lab import standins as labsvc
 
     sha = str(v1.meta["sha"])
     deploys = [
@@ -338,7 +338,7 @@ def test_07_nginx_denies_dot_files_sends_headers_passes_websockets(app_inventory
 
 
 def test_08_a_broken_nginx_config_never_replaces_a_working_one(app_inventory, lab_spec, tmp_path):
-    from opskit import lab
+    from opskit.lab import ops as lab
 
     web1 = app_inventory.host(web(app_inventory)[0])
     site = "/etc/nginx/conf.d/opskit-sample.conf"
@@ -355,7 +355,7 @@ def test_08_a_broken_nginx_config_never_replaces_a_working_one(app_inventory, la
 
 
 def test_09_pm2_brings_the_current_release_back_after_a_restart(app_inventory, lab_spec):
-    from opskit import lab
+    from opskit.lab import ops as lab
 
     web1 = app_inventory.host(web(app_inventory)[0])
     restart = lab.exec_in(lab_spec, web1.name, ["systemctl", "restart", "pm2-app"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from opskit import lab
+from opskit.lab import ops as lab
 
 pytestmark = pytest.mark.integration
 

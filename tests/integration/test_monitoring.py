@@ -15,13 +15,14 @@ import uuid
 
 import pytest
 
-from opskit import lab, labsvc
 from opskit.clients.uptimerobot import UptimeRobotClient
-from opskit.inventory import load_inventory
-from opskit.monitoring import declared, sentry_release, sync
-from opskit.runner import provision_work, run_on_hosts
-from opskit.secrets import Secret
-from opskit.verify import run_verify
+from opskit.core.inventory import load_inventory
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.core.secrets import Secret
+from opskit.fleet.verify import run_verify
+from opskit.lab import ops as lab
+from opskit.lab import standins as labsvc
+from opskit.monitoring.ops import declared, sentry_release, sync
 from tests.integration.conftest import inv, write_inventory
 
 ROLES = ["healthcheck", "papertrail"]

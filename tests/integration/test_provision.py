@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 
-from opskit import lab
-from opskit.inventory import load_inventory
-from opskit.runner import provision_work, run_on_hosts
-from opskit.verify import run_verify
+from opskit.core.inventory import load_inventory
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.fleet.verify import run_verify
+from opskit.lab import ops as lab
 from tests.integration.conftest import LAB_INVENTORY, inv, write_inventory
 
 

@@ -28,13 +28,14 @@ from typing import Any
 
 import pytest
 
-from opskit import backup, labsvc
-from opskit.backup import human_size
+from opskit.backup import ops as backup
+from opskit.backup.ops import human_size
 from opskit.clients.s3 import make_client
-from opskit.inventory import Inventory, load_inventory
-from opskit.remote import connect
-from opskit.roles import REPO
-from opskit.runner import provision_work, run_on_hosts
+from opskit.core.inventory import Inventory, load_inventory
+from opskit.core.remote import connect
+from opskit.core.roles import REPO
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.lab import standins as labsvc
 from tests.integration.conftest import inv, write_inventory
 
 ARTIFACTS = REPO / "test-artifacts"

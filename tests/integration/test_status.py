@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from opskit import certs, status
-from opskit.inventory import Host, Inventory, load_inventory
-from opskit.remote import connect
-from opskit.roles import REPO
-from opskit.runner import provision_work, run_on_hosts
+from opskit.certs import ops as certs
+from opskit.core.inventory import Host, Inventory, load_inventory
+from opskit.core.remote import connect
+from opskit.core.roles import REPO
+from opskit.core.runner import provision_work, run_on_hosts
+from opskit.status import ops as status
 from tests.integration.conftest import inv, write_inventory
 
 MOUNT = "/mnt/opskit-status-test"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from opskit import adhoc
-from opskit.errors import ConfigError
-from opskit.inventory import Inventory, SshSettings
+from opskit.core.errors import ConfigError
+from opskit.core.inventory import Inventory, SshSettings
+from opskit.fleet import adhoc
 
 
 def test_empty_command_is_refused_before_any_connection():

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from opskit import audit
-from opskit.audit import (
+from opskit.audit import ops as audit
+from opskit.audit.http import Response, TlsVerdict
+from opskit.audit.ops import (
     AuditExit,
     AuditReport,
     Bans,
@@ -25,9 +26,8 @@ from opskit.audit import (
     Site,
     Source,
 )
-from opskit.audit_http import Response, TlsVerdict
-from opskit.errors import ConfigError
-from opskit.output import use_color
+from opskit.core.errors import ConfigError
+from opskit.core.output import use_color
 from tests.fakes import make_host
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)

@@ -16,7 +16,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from moto.server import ThreadedMotoServer
 
-from opskit import backup
+from opskit.backup import ops as backup
 from opskit.clients import ApiError
 from opskit.clients.s3 import (
     LIFECYCLE_RULE_ID,
@@ -25,11 +25,11 @@ from opskit.clients.s3 import (
     S3Store,
     make_client,
 )
-from opskit.errors import ConfigError
-from opskit.render import render
+from opskit.core.errors import ConfigError
+from opskit.core.render import render
+from opskit.core.roles import available_roles
+from opskit.core.secrets import Secret
 from opskit.resources import File
-from opskit.roles import available_roles
-from opskit.secrets import Secret
 from tests.fakes import make_host
 
 SECRET_KEY = Secret("s3cr3t-access-key-value")

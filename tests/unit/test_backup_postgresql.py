@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from opskit.engine import probe_script, split_sections
-from opskit.errors import ConfigError
-from opskit.roles import available_roles
-from opskit.secrets import Secret
+from opskit.core.engine import probe_script, split_sections
+from opskit.core.errors import ConfigError
+from opskit.core.roles import available_roles
+from opskit.core.secrets import Secret
 from tests.fakes import LocalRemote
 
 # Made by PostgreSQL 15 itself: CREATE ROLE vectortest PASSWORD 'correct horse'

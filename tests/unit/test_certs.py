@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from opskit import certs
-from opskit.certs import (
+from opskit.certs import ops as certs
+from opskit.certs.ops import (
     Certificate,
     CertInfo,
     CertsExit,
@@ -29,10 +29,10 @@ from opskit.certs import (
     NoDuplicateRenewCron,
     RenewOptions,
 )
-from opskit.errors import ConfigError, OpsError
-from opskit.labsvc import pebble
-from opskit.render import render
-from opskit.roles import available_roles
+from opskit.core.errors import ConfigError, OpsError
+from opskit.core.render import render
+from opskit.core.roles import available_roles
+from opskit.lab.standins import pebble
 from tests.fakes import LocalRemote
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -509,9 +509,9 @@ def test_the_lab_inventorys_web_hosts_have_every_resource_once(tmp_path):
     the TLS site it enables needs."""
     import yaml
 
-    from opskit.inventory import load_inventory
-    from opskit.roles import REPO
-    from opskit.runner import role_resources
+    from opskit.core.inventory import load_inventory
+    from opskit.core.roles import REPO
+    from opskit.core.runner import role_resources
 
     data = yaml.safe_load((REPO / "inventories" / "lab.yml").read_text())
     ca = tmp_path / "ca.pem"

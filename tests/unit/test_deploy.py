@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from opskit import deploy as dep
-from opskit import release
-from opskit.errors import ConfigError
-from opskit.release_resources import Unpacked
+from opskit.app import deploy as dep
+from opskit.app import release
+from opskit.app.resources import Unpacked
+from opskit.core.errors import ConfigError
+from opskit.core.roles import REPO, available_roles
 from opskit.resources import NOTHING
-from opskit.roles import REPO, available_roles
 from tests.fakes import LocalRemote
 
 R = dep.Release
@@ -533,7 +533,7 @@ def test_app_role_resources_and_checks():
 
 
 def test_ecosystem_file_is_secret_and_has_the_environment():
-    from opskit.secrets import Secret
+    from opskit.core.secrets import Secret
 
     app = available_roles()["app"].module()
     v = _role_vars(

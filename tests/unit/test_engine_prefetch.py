@@ -7,7 +7,13 @@ import subprocess
 
 import pytest
 
-from opskit.engine import PROBE_HELPERS, converge, prefetch_script, probe_script, split_sections
+from opskit.core.engine import (
+    PROBE_HELPERS,
+    converge,
+    prefetch_script,
+    probe_script,
+    split_sections,
+)
 from opskit.resources import Directory, File, Resource
 from tests.fakes import LocalRemote
 

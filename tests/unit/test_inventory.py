@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from opskit.errors import ConfigError
-from opskit.inventory import load_inventory
-from opskit.roles import Role
-from opskit.secrets import Secret, redact
+from opskit.core.errors import ConfigError
+from opskit.core.inventory import load_inventory
+from opskit.core.roles import Role
+from opskit.core.secrets import Secret, redact
 
 ROLES = {
     "base": Role("base", {"base_timezone": "UTC", "base_packages": ["sudo"]}, Path("roles/base")),

@@ -1,4 +1,4 @@
-"""Pure parts of the lab (opskit.lab, opskit.labsvc): no root, no processes, no network."""
+"""Pure parts of the lab (opskit.lab, opskit.lab.standins): no root, no processes, no network."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from opskit import lab, labsvc
-from opskit.lab import LabError
-from opskit.labsvc import aptproxy
+from opskit.lab import ops as lab
+from opskit.lab import standins as labsvc
+from opskit.lab.ops import LabError
+from opskit.lab.standins import aptproxy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -392,7 +393,7 @@ def test_apt_proxy_command_binds_the_gateway_and_allows_the_machine_mirrors(
 ) -> None:
     monkeypatch.setattr(lab, "machine_mirror_hosts", lambda: ("deb.debian.org", "m.example:8080"))
     argv = labsvc.APT_PROXY.argv(spec)
-    assert argv[:3] == [sys.executable, "-m", "opskit.labsvc.aptproxy"]
+    assert argv[:3] == [sys.executable, "-m", "opskit.lab.standins.aptproxy"]
     assert argv[argv.index("--listen") + 1] == "10.213.0.1"
     assert argv[argv.index("--allow") + 1 :] == ["deb.debian.org", "m.example:8080"]
     assert labsvc.APT_PROXY.address(spec) == "10.213.0.1"

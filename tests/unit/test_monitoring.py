@@ -12,9 +12,10 @@ import responses
 from opskit.clients import ApiError
 from opskit.clients.sentry import SentryClient
 from opskit.clients.uptimerobot import UptimeRobotClient
-from opskit.errors import ConfigError
-from opskit.inventory import load_inventory
-from opskit.monitoring import (
+from opskit.core.errors import ConfigError
+from opskit.core.inventory import load_inventory
+from opskit.core.secrets import Secret
+from opskit.monitoring.ops import (
     MonitorSpec,
     SentrySettings,
     UptimeRobotSettings,
@@ -27,7 +28,6 @@ from opskit.monitoring import (
     sentry_release,
     sync,
 )
-from opskit.secrets import Secret
 
 KEY = Secret("u123-supersecretkey")
 TOKEN = Secret("sntryu_supersecrettoken")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit.errors import ConfigError
-from opskit.render import render
+from opskit.core.errors import ConfigError
+from opskit.core.render import render
+from opskit.core.roles import available_roles
+from opskit.core.secrets import Secret
 from opskit.resources import File
-from opskit.roles import available_roles
-from opskit.secrets import Secret
 
 HOOK = Secret("https://hooks.test/services/T1/B1/verysecret")
 

@@ -16,10 +16,10 @@ import requests
 from opskit.clients import ApiError
 from opskit.clients.sentry import SentryClient
 from opskit.clients.uptimerobot import UptimeRobotClient
-from opskit.labsvc import sentry as sentry_svc
-from opskit.labsvc import syslog as syslog_svc
-from opskit.labsvc import uptimerobot as ur_svc
-from opskit.secrets import Secret
+from opskit.core.secrets import Secret
+from opskit.lab.standins import sentry as sentry_svc
+from opskit.lab.standins import syslog as syslog_svc
+from opskit.lab.standins import uptimerobot as ur_svc
 
 KEY = Secret("u0000000-labkey")
 

@@ -1,5 +1,5 @@
-"""opskit.report and opskit.charts without hosts: views, Markdown, HTML, Slack text and charts
-rendered from dicts shaped as opskit.status / opskit.audit / the host pass give them."""
+"""opskit.report and its charts without hosts: views, Markdown, HTML, Slack text and charts
+rendered from dicts shaped as opskit.status.ops / opskit.audit.ops / the host pass give them."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import responses
 
-from opskit import charts, report
 from opskit.clients import ApiError
-from opskit.errors import ConfigError
-from opskit.inventory import Host
-from opskit.secrets import Secret
+from opskit.core.errors import ConfigError
+from opskit.core.inventory import Host
+from opskit.core.secrets import Secret
+from opskit.report import charts
+from opskit.report import ops as report
 
 NOW = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.UTC)
 
@@ -367,7 +368,10 @@ def test_empty_report_renders_and_says_what_was_not_read() -> None:
         "backups": [],
         "releases": [],
         "history": {},
-        "errors": {"status": "opskit.status is not available: nope", "host:web1": "unreachable"},
+        "errors": {
+            "status": "opskit.status is not available: nope",
+            "host:web1": "unreachable",
+        },
         "unreadable": ["web1"],
         "previous": [],
         "seconds": {},

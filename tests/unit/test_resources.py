@@ -7,8 +7,9 @@ import stat
 
 import pytest
 
-from opskit.engine import ConvergeError, converge, split_sections
-from opskit.errors import ConfigError
+from opskit.core.engine import ConvergeError, converge, split_sections
+from opskit.core.errors import ConfigError
+from opskit.core.secrets import Secret
 from opskit.resources import (
     Command,
     CronEntry,
@@ -19,7 +20,6 @@ from opskit.resources import (
     Symlink,
     validate_cron_schedule,
 )
-from opskit.secrets import Secret
 from tests.fakes import LocalRemote, make_host
 
 SHA_A = "a" * 64

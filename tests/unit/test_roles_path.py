@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from opskit.errors import ConfigError
-from opskit.render import render
-from opskit.roles import available_roles
+from opskit.core.errors import ConfigError
+from opskit.core.render import render
+from opskit.core.roles import available_roles
 
 
 def make_tree(root, role="extra"):

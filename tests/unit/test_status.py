@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from opskit import status
-from opskit.errors import ConfigError
-from opskit.inventory import Host, load_inventory
-from opskit.output import use_color
-from opskit.status import FleetStatus, HostStatus, Metric, Pair, Raw, StatusExit
+from opskit.core.errors import ConfigError
+from opskit.core.inventory import Host, load_inventory
+from opskit.core.output import use_color
+from opskit.status import ops as status
+from opskit.status.ops import FleetStatus, HostStatus, Metric, Pair, Raw, StatusExit
 from tests.fakes import LocalRemote
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)

@@ -1,0 +1,336 @@
+"""backup.run|list|verify|restore|drill|bucket."""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from cli import common as cli
+from cli.common import H
+from opskit.core.errors import ConfigError, ExitStatus
+
+# --- backup ----------------------------------------------------------------------------------
+
+
+class _Bars:
+    """Progress of host-side transfers on stderr: one live line on a terminal, else a line per
+    quarter of each phase."""
+
+    def __init__(self, enabled):
+        import threading
+
+        self.enabled, self.tty, self.seen = enabled, sys.stderr.isatty(), {}
+        self.lock = threading.Lock()
+
+    def __call__(self, host, phase, done, total):
+        from opskit.backup import ops as backup
+
+        if not self.enabled:
+            return
+        line = backup.format_progress(host, phase, done, total)
+        with self.lock:
+            if self.tty:
+                end = "\n" if total and done >= total else ""
+                sys.stderr.write(f"\r\033[K{line}{end}")
+            else:
+                step = (phase, 4 * done // total if total else -1)
+                if self.seen.get(host) == step:
+                    return
+                self.seen[host] = step
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+
+def _backup_hosts(inventory, hosts):
+    from opskit.backup import ops as backup
+
+    inv, selected = cli.load(inventory, hosts)
+    try:
+        return inv, backup.backup_hosts(inv, selected)
+    except ConfigError as exc:
+        raise cli.usage_error(exc) from None
+
+
+def _backup_finish(outcomes, json_out, fmt):
+    import json as jsonlib
+
+    from opskit.backup import ops as backup
+
+    if json_out:
+        print(
+            jsonlib.dumps(
+                {"hosts": [backup.outcome_json(o) for o in outcomes]}, indent=2, default=str
+            )
+        )
+    else:
+        for o in outcomes:
+            print(fmt(o), end="")
+        ok = sum(1 for o in outcomes if o.ok)
+        print(f"{len(outcomes)} host(s): {ok} ok, {len(outcomes) - ok} failed")
+    if not all(o.ok for o in outcomes):
+        raise Exit(code=ExitStatus.HOST_FAILED)
+
+
+def _failed_line(o):
+    first, *rest = (o.error or "?").splitlines()
+    label = "UNREACHABLE" if o.unreachable else "FAILED"
+    return f"[{o.host}] {label}  {first}\n" + "".join(f"    {x}\n" for x in rest)
+
+
+@task(
+    help=H(
+        "inventory",
+        "hosts",
+        "json",
+        "ask_sudo_pass",
+        workers="database hosts backed up at once (default 4)",
+    )
+)
+def backup_run(c, inventory=None, hosts=None, json=False, workers=4, ask_sudo_pass=False):
+    """Back up now on the selected database hosts: dump, verify, upload to S3, verify, heartbeat."""
+    from opskit.backup import ops as backup
+
+    inv, selected = _backup_hosts(inventory, hosts)
+    bars = _Bars(not json)
+    outcomes = backup.on_hosts(
+        inv,
+        selected,
+        lambda r, cfg: backup.run_backup(r, cfg, bars),
+        workers=workers,
+        sudo_password=cli.ask_sudo_password(ask_sudo_pass),
+    )
+    _backup_finish(
+        outcomes, json, lambda o: backup.format_run(o) if o.ok or o.data else _failed_line(o)
+    )
+
+
+@task(
+    help=H(
+        "inventory",
+        "hosts",
+        "json",
+        "ask_sudo_pass",
+        all="show every backup, not only the newest 5 of each host",
+    )
+)
+def backup_list(c, inventory=None, hosts=None, json=False, all=False, ask_sudo_pass=False):
+    """Per host: backups in S3 with age, size and checksum state; flags hosts with old backups."""
+    import datetime as dt
+    import json as jsonlib
+
+    from opskit.backup import ops as backup
+
+    inv, selected = _backup_hosts(inventory, hosts)
+    now = dt.datetime.now(dt.UTC)
+    listings = backup.list_backups(
+        inv,
+        selected,
+        now=now,
+        details=0 if all else 5,
+        sudo_password=cli.ask_sudo_password(ask_sudo_pass),
+    )
+    if json:
+        print(
+            jsonlib.dumps(
+                {"hosts": [backup.listing_json(x) for x in listings]}, indent=2, default=str
+            )
+        )
+    else:
+        for x in listings:
+            print(backup.format_listing(x, now), end="")
+    if any(x.stale or x.error or x.problem for x in listings):
+        raise Exit(code=ExitStatus.HOST_FAILED)
+
+
+def _format_restore(o, title):
+    from opskit.backup import ops as backup
+
+    if not o.ok:
+        return _failed_line(o)
+    d = o.data
+    s = d.get("seconds", {})
+    lines = [
+        f"[{o.host}] {title}  {d['key']}",
+        f"[{o.host}]   checksum ok (sha256 {d.get('sha256', '')[:12]}…, "
+        f"{backup.human_size(d.get('size', 0))}); download {s.get('download', 0):.1f} s, "
+        f"restore {s.get('restore', 0):.1f} s",
+    ]
+    if d.get("scratch"):
+        lines.append(f"[{o.host}]   scratch database {d['target']} restored, counted and dropped")
+    else:
+        lines.append(
+            f"[{o.host}]   restored into the NEW database {d['target']} (the live one is untouched)"
+        )
+    lines += [
+        f"[{o.host}] {x}" for x in backup.format_counts(d.get("counts", {}), d.get("live_counts"))
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@task(
+    help=H(
+        "inventory",
+        "hosts",
+        "json",
+        "ask_sudo_pass",
+        backup="S3 key of the backup, or latest (default: each host's newest)",
+    )
+)
+def backup_verify(c, inventory=None, hosts=None, backup="latest", json=False, ask_sudo_pass=False):
+    """Download a backup, check its checksum, restore it into a scratch database, count rows."""
+    from opskit.backup import ops as bk
+
+    inv, selected = _backup_hosts(inventory, hosts)
+    bars = _Bars(not json)
+    outcomes = bk.on_hosts(
+        inv,
+        selected,
+        lambda r, cfg: bk.verify_backup(r, cfg, backup, bars),
+        sudo_password=cli.ask_sudo_password(ask_sudo_pass),
+    )
+    _backup_finish(outcomes, json, lambda o: _format_restore(o, "verified"))
+
+
+@task(
+    help=H(
+        "inventory",
+        "json",
+        "ask_sudo_pass",
+        hosts="the ONE database host to restore on",
+        backup="S3 key of the backup (any host's), or latest (this host's newest)",
+        target="name of the new database (default <db>_restored_<time>)",
+        replace="replace the LIVE database: a fresh backup first, app stopped around the swap, "
+        "the old database kept renamed",
+        yes="confirm --replace without the prompt",
+    )
+)
+def backup_restore(
+    c,
+    inventory=None,
+    hosts=None,
+    backup="latest",
+    target="",
+    replace=False,
+    yes=False,
+    json=False,
+    ask_sudo_pass=False,
+):
+    """Restore a backup into a new database (default), or over the live one with --replace."""
+    import json as jsonlib
+
+    from opskit.backup import ops as bk
+
+    inv, selected = _backup_hosts(inventory, hosts)
+    if len(selected) != 1:
+        raise Exit(
+            f"error: restore works on one host; --hosts selects {len(selected)}: "
+            f"{', '.join(h.name for h in selected)}",
+            code=ExitStatus.USAGE,
+        )
+    cfg = bk.config_for(selected[0])
+    if replace and target:
+        raise Exit("error: --target and --replace exclude each other", code=ExitStatus.USAGE)
+    confirmed = yes
+    if replace and not yes:
+        if not sys.stdin.isatty():
+            raise Exit(
+                f"error: refusing to replace the live database {cfg.database} on {cfg.host} "
+                "without confirmation: pass --yes (or run it in a terminal)",
+                code=ExitStatus.USAGE,
+            )
+        answer = input(
+            f"Replace the LIVE database {cfg.database} on {cfg.host} with {backup}? "
+            f"A fresh backup is taken first. Type the database name to confirm: "
+        )
+        confirmed = answer.strip() == cfg.database
+        if not confirmed:
+            raise Exit("not confirmed; nothing was changed", code=ExitStatus.USAGE)
+    bars = _Bars(not json)
+
+    def work(r, cfg):
+        if replace:
+            return bk.replace_live(inv, r, cfg, backup, confirmed=confirmed, progress=bars)
+        return bk.restore_backup(r, cfg, backup, target=target, progress=bars)
+
+    [o] = bk.on_hosts(inv, selected, work, sudo_password=cli.ask_sudo_password(ask_sudo_pass))
+    if json:
+        print(jsonlib.dumps(bk.outcome_json(o), indent=2, default=str))
+    elif replace:
+        for step in o.data.get("steps", []):
+            print(f"[{o.host}] {step}")
+        print(f"[{o.host}] {'replaced the live database' if o.ok else 'FAILED: ' + o.error}")
+    else:
+        print(_format_restore(o, "restored"), end="")
+    if not o.ok:
+        raise Exit(code=ExitStatus.HOST_FAILED)
+
+
+@task(help=H("inventory", "hosts", "json", "ask_sudo_pass"))
+def backup_drill(c, inventory=None, hosts=None, json=False, ask_sudo_pass=False):
+    """Restore drill: newest backup into a scratch database, row counts vs live, RPO and RTO."""
+    from datetime import timedelta
+
+    from opskit.backup import ops as bk
+
+    inv, selected = _backup_hosts(inventory, hosts)
+    bars = _Bars(not json)
+    outcomes = bk.on_hosts(
+        inv,
+        selected,
+        lambda r, cfg: bk.drill(r, cfg, bars),
+        sudo_password=cli.ask_sudo_password(ask_sudo_pass),
+    )
+
+    def fmt(o):
+        if not o.ok:
+            return _failed_line(o)
+        d = o.data
+        same = (
+            "all row counts match live"
+            if not d["diff"]
+            else f"{len(d['diff'])} table(s) differ from live"
+        )
+        return (
+            _format_restore(o, "drill") + f"[{o.host}]   RPO (age of the data): "
+            f"{bk.human_age(timedelta(seconds=d['rpo_seconds']))}"
+            f"; RTO (download + restore): {d['rto_seconds']:.1f} s; {same}; "
+            f"{'cleaned up' if d['cleaned_up'] else 'NOT cleaned up'}\n"
+        )
+
+    _backup_finish(outcomes, json, fmt)
+
+
+@task(help=H("inventory", "hosts", "json", check="show what would change, change nothing"))
+def backup_bucket(c, inventory=None, hosts=None, check=False, json=False):
+    """Set the backup bucket's retention, default encryption and public-access block (boto3)."""
+    from opskit.backup import ops as bk
+    from opskit.clients import ApiError
+    from opskit.core.output import format_change, to_json
+    from opskit.core.result import HostResult
+
+    _, selected = _backup_hosts(inventory, hosts)
+    results, seen = [], set()
+    for h in selected:
+        cfg = bk.config_for(h)
+        if (cfg.s3.endpoint, cfg.s3.bucket) in seen:
+            continue
+        seen.add((cfg.s3.endpoint, cfg.s3.bucket))
+        try:
+            results.append(
+                HostResult(f"s3://{cfg.s3.bucket}", tuple(bk.ensure_bucket_for(h, dry_run=check)))
+            )
+        except ApiError as exc:
+            results.append(HostResult(f"s3://{cfg.s3.bucket}", error=str(exc)))
+    if json:
+        print(to_json(results, dry_run=check), end="")
+    else:
+        for r in results:
+            print(
+                "".join(format_change(x, show_diff=False, verbose=True) for x in r.changes), end=""
+            )
+            if r.error:
+                print(f"[{r.host}] FAILED   {r.error}", file=sys.stderr)
+    if any(r.error for r in results):
+        raise Exit(code=ExitStatus.HOST_FAILED)

@@ -1,0 +1,84 @@
+"""What the task modules (cli/) share: loading the inventory, printing results, exit codes."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from invoke.exceptions import Exit
+
+from opskit.core.errors import ConfigError, ExitStatus, OpsError
+from opskit.core.inventory import Host, Inventory, load_inventory
+from opskit.core.output import format_host, summary, to_json
+from opskit.core.result import HostResult
+from opskit.core.roles import REPO
+from opskit.core.secrets import Secret
+
+DEFAULT_INVENTORY = REPO / "inventories" / "lab.yml"
+
+COMMON_HELP = {
+    "inventory": "inventory file (default: $OPSKIT_INVENTORY or inventories/lab.yml, the lab)",
+    "hosts": "hosts: names, groups or globs, comma-separated (default: all)",
+    "workers": "hosts worked on at once (default 32)",
+    "json": "print the results as JSON on stdout instead of lines",
+    "ask_sudo_pass": "ask once for the deploy user's sudo password (or set it in the inventory)",
+}
+
+
+def inventory_path(inventory: str | None) -> Path:
+    return Path(inventory or os.environ.get("OPSKIT_INVENTORY") or DEFAULT_INVENTORY)
+
+
+def load(inventory: str | None, hosts: str | None) -> tuple[Inventory, list[Host]]:
+    """Load and validate the inventory and select hosts, or exit 2 with the error."""
+    try:
+        inv = load_inventory(inventory_path(inventory))
+        return inv, inv.select([hosts] if hosts else None)
+    except OpsError as exc:
+        raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
+
+
+def ask_sudo_password(ask: bool) -> Secret | None:
+    if not ask:
+        return None
+    if not sys.stdin.isatty():
+        raise Exit(
+            "error: --ask-sudo-pass needs a terminal; set ssh.sudo_password in the inventory",
+            code=ExitStatus.USAGE,
+        )
+    return Secret(getpass.getpass("sudo password for the deploy user: "))
+
+
+def printer(*, json_out: bool, show_diff: bool, verbose: bool):  # type: ignore[no-untyped-def]
+    def emit(result: HostResult) -> None:
+        if not json_out:
+            sys.stdout.write(format_host(result, show_diff=show_diff, verbose=verbose))
+            sys.stdout.flush()
+
+    return emit
+
+
+def finish(
+    results: Sequence[HostResult], *, json_out: bool, dry_run: bool, detailed_exitcode: bool = False
+) -> None:
+    """Print the summary (or JSON) and exit with the documented code."""
+    if json_out:
+        sys.stdout.write(to_json(results, dry_run=dry_run))
+    else:
+        sys.stdout.write(summary(results, dry_run=dry_run))
+    if any(r.error for r in results):
+        raise Exit(code=ExitStatus.HOST_FAILED)
+    if detailed_exitcode and any(r.changed_count for r in results):
+        raise Exit(code=ExitStatus.CHANGES_PENDING)
+
+
+def usage_error(exc: ConfigError) -> Exit:
+    return Exit(f"error: {exc}", code=ExitStatus.USAGE)
+
+
+def H(*names: str, **extra: str) -> dict[str, str]:
+    """Help texts for a task's flags: the shared ones named, plus the task's own."""
+    return {**{n: COMMON_HELP[n] for n in names}, **extra}

@@ -1,0 +1,115 @@
+"""report.daily|weekly: the runbooks' daily and weekly reviews, filled in from the fleet."""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from cli import common as cli
+from cli.common import H
+from opskit.core.errors import ConfigError, ExitStatus
+
+REPORT_HELP = H(
+    "inventory",
+    "hosts",
+    "ask_sudo_pass",
+    out="directory for <kind>-<date>.md/.html/.json (default: report_dir, reports/)",
+    slack="also post a short summary to Slack (report_slack_webhook_url, else the health "
+    "check's webhook)",
+    fail_on="exit 5 when the report is critical (warning: 4 when it is warning or worse); "
+    "the report is written either way",
+    no_audit="leave the security audit out (faster; no findings, logins or bans)",
+    workers="hosts read at once (default 8)",
+)
+
+
+def _report(kind, inventory, hosts, out, slack, fail_on, no_audit, workers, ask_sudo_pass):
+    from opskit.clients import ApiError
+    from opskit.report import ops as report
+
+    inv, selected = cli.load(inventory, hosts)
+    try:
+        settings = report.settings_for(selected, out or None)
+        report.check_fail_on(fail_on or "")
+        if slack and settings.slack_webhook is None:
+            raise ConfigError(
+                "--slack: no webhook: set report_slack_webhook_url (or "
+                "healthcheck_slack_webhook_url) to {secret: NAME}"
+            )
+        data = report.gather(
+            inv,
+            selected,
+            kind,
+            out_dir=settings.out_dir,
+            workers=workers,
+            sudo_password=cli.ask_sudo_password(ask_sudo_pass),
+            skip_audit=no_audit,
+        ).to_dict()
+    except ConfigError as exc:
+        raise cli.usage_error(exc) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted: no report written", code=ExitStatus.INTERRUPTED) from None
+    secrets = [s for h in selected for s in h.secrets]
+    stem = report.file_stem(data)
+    link = f"{settings.link_base}{stem}.html" if settings.link_base else ""
+    try:
+        rendered = report.render(
+            data, link=link or str((settings.out_dir / f"{stem}.html").resolve()), secrets=secrets
+        )
+        paths = report.write(rendered, settings.out_dir, stem)
+    except report.ReportError as exc:
+        raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
+    print(report.summary_lines(data, paths), end="")
+    code = report.exit_code(data, fail_on or "")
+    if slack:
+        try:
+            report.post_slack(rendered.slack, settings.slack_webhook)
+            print("slack: summary sent")
+        except ApiError as exc:
+            print(f"slack: NOT sent: {exc}", file=sys.stderr)
+            code = code or ExitStatus.HOST_FAILED
+    if code:
+        raise Exit(code=int(code))
+
+
+@task(help=REPORT_HELP)
+def report_daily(
+    c,
+    inventory=None,
+    hosts=None,
+    out="",
+    slack=False,
+    fail_on="",
+    no_audit=False,
+    workers=8,
+    ask_sudo_pass=False,
+):
+    """Daily review: health now, alerts, backups, certificates, releases, audit of the last 24 h.
+
+    Writes reports/daily-<date>.md, .html (charts) and .json. Exit code: 0 written, 1 a host or
+    a source could not be read (the report is still written, marked), 2 bad input, 4/5 with
+    --fail-on.
+    """
+    _report("daily", inventory, hosts, out, slack, fail_on, no_audit, workers, ask_sudo_pass)
+
+
+@task(help=REPORT_HELP)
+def report_weekly(
+    c,
+    inventory=None,
+    hosts=None,
+    out="",
+    slack=False,
+    fail_on="",
+    no_audit=False,
+    workers=8,
+    ask_sudo_pass=False,
+):
+    """Weekly review: the daily's sections over 7 days, trends per day, a to-do for the week.
+
+    Writes reports/weekly-<date>.md, .html and .json; reads the week's daily JSONs from the same
+    directory for trends when present. Exit codes as report.daily.
+    """
+    _report("weekly", inventory, hosts, out, slack, fail_on, no_audit, workers, ask_sudo_pass)

@@ -1,0 +1,391 @@
+"""Operator side of a deploy: build a release artifact from a git ref, and the PM2 bundle.
+
+Everything here runs on the operator's machine (which reaches git remotes and the npm registry);
+the hosts only receive finished tarballs. An artifact has two parts, so that a host is sent only
+what it lacks:
+
+* the **code**: ``git archive <commit>:<app_repo_path>`` (gzipped). Its identity is the git
+  tree id of that directory, so two commits with the same app code are the same code;
+* the **dependencies**: ``node_modules`` as ``npm ci --omit=dev --ignore-scripts`` makes it from
+  the app's ``package-lock.json``, cached locally by the lock's sha256 (the *deps key*): a deploy
+  whose lock did not change runs no npm at all.
+
+Tarballs are deterministic (sorted names, fixed mtime and owners, gzip without a timestamp), so
+the same input always has the same sha256. Native addons would be built for the operator's Node
+and CPU: apps with native dependencies need an operator machine that matches the hosts.
+"""
+
+from __future__ import annotations
+
+import getpass
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opskit.core.errors import ConfigError, OpsError
+
+log = logging.getLogger(__name__)
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class BuildError(OpsError):
+    """Building the release artifact (git, npm) failed on the operator's machine."""
+
+
+def cache_dir() -> Path:
+    """Where built dependencies, the PM2 bundle and clones of remote repos are kept.
+
+    ``$OPSKIT_CACHE_DIR``, else ``/var/cache/opskit`` when writable (root, CI), else
+    ``~/.cache/opskit``.
+    """
+    env = os.environ.get("OPSKIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    system = Path("/var/cache/opskit")
+    if os.access(system if system.exists() else system.parent, os.W_OK):
+        return system
+    return Path.home() / ".cache" / "opskit"
+
+
+def operator() -> str:
+    """Who deploys, for locks and journals: ``$OPSKIT_OPERATOR`` or ``user@machine``."""
+    return os.environ.get("OPSKIT_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _run(argv: Sequence[str], *, cwd: Path | None = None, what: str) -> bytes:
+    try:
+        proc = subprocess.run(
+            list(argv), cwd=cwd, capture_output=True, timeout=900, stdin=subprocess.DEVNULL
+        )
+    except FileNotFoundError as exc:
+        raise BuildError(f"{what}: {argv[0]} is not installed on this machine") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"{what}: timed out: {' '.join(argv)}") from exc
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.decode(errors="replace").strip().splitlines()[-10:])
+        raise BuildError(f"{what}: exit {proc.returncode}: {' '.join(argv)}\n{tail}".rstrip())
+    return proc.stdout
+
+
+# --- deterministic tarballs ------------------------------------------------------------------
+
+
+def tar_gz_dir(root: Path, *, prefix: str = "") -> bytes:
+    """A gzipped tar of everything under `root` whose bytes depend on the content only.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("x")
+    >>> tar_gz_dir(d) == tar_gz_dir(d)
+    True
+    """
+    buf = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in _walk(root):
+            name = (Path(prefix) / path.relative_to(root)).as_posix()
+            info = tar.gettarinfo(str(path), arcname=name)  # lstat: symlinks stay links
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if not info.issym():
+                info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
+            if info.isfile():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            elif info.isdir() or info.issym():
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def retimed(tar: bytes, mtime: int) -> bytes:
+    """The tar's entries with `mtime`: git archive stamps a commit's entries with its time but a
+    tree's (`<commit>:<path>`) with the current one, and the same commit must give the same bytes
+    (a redeploy uploads nothing).
+
+    >>> import tarfile
+    >>> buf = io.BytesIO()
+    >>> with tarfile.open(fileobj=buf, mode="w") as t:
+    ...     info = tarfile.TarInfo("a"); info.mtime = 123; t.addfile(info, io.BytesIO())
+    >>> tarfile.open(fileobj=io.BytesIO(retimed(buf.getvalue(), 7))).getmembers()[0].mtime
+    7
+    """
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(tar)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        for member in src.getmembers():
+            member.mtime = mtime
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every path under `root`, sorted, without following symlinks."""
+    found = []
+    for top, dirs, files in os.walk(root, followlinks=False):
+        found += [Path(top) / n for n in dirs + files]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """gzip without a timestamp: the same input gives the same bytes.
+
+    >>> gzip_bytes(b"a") == gzip_bytes(b"a")
+    True
+    """
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- the PM2 bundle ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A tarball of ``node_modules`` with one npm package and its dependencies."""
+
+    name: str
+    version: str
+    path: Path
+    sha256: str
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def npm_bundle(package: str, version: str, *, cache: Path | None = None) -> Bundle:
+    """``npm install <package>@<version>`` into the local cache once; its node_modules tarred."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
+        raise ConfigError(f"{package} version {version!r}: expected a plain version like 7.0.4")
+    root = (cache or cache_dir()) / "bundles"
+    tarball = root / f"{package}-{version}.tar.gz"
+    if not tarball.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
+            work = Path(tmp)
+            (work / "package.json").write_text('{"private": true}\n')
+            _run(
+                [
+                    "npm",
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--omit=dev",
+                    "--no-package-lock",
+                    f"{package}@{version}",
+                ],
+                cwd=work,
+                what=f"installing {package}@{version} with npm (operator side)",
+            )
+            data = tar_gz_dir(work / "node_modules", prefix="node_modules")
+            partial = tarball.with_suffix(".partial")
+            partial.write_bytes(data)
+            partial.replace(tarball)
+        log.info("built %s (%d bytes)", tarball, tarball.stat().st_size)
+    data = tarball.read_bytes()
+    return Bundle(package, version, tarball, sha256(data))
+
+
+# --- the release artifact ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A release built from one commit of the app's repo, ready to upload."""
+
+    name: str  # the release's directory name on the hosts: <UTC time>-<short sha>
+    ref: str  # what the operator asked for (tag, branch, sha)
+    sha: str  # the commit
+    describe: str  # `git describe --tags --always`
+    tree: str  # git tree id of the app directory: the code's identity
+    code: bytes  # tar.gz of the app directory (no node_modules)
+    deps_key: str  # sha256 of package-lock.json, or "" when the app has no dependencies
+    deps: bytes | None  # tar.gz of node_modules (None when deps_key is "")
+    built_at: str
+    built_by: str
+
+    @property
+    def code_sha256(self) -> str:
+        return sha256(self.code)
+
+    @property
+    def deps_sha256(self) -> str:
+        return sha256(self.deps) if self.deps is not None else ""
+
+    def metadata(self, *, message: str = "") -> dict[str, str]:
+        """What the host keeps in the release's .opskit-release.json."""
+        return {
+            "name": self.name,
+            "ref": self.ref,
+            "sha": self.sha,
+            "describe": self.describe,
+            "tree": self.tree,
+            "deps_key": self.deps_key,
+            "built_at": self.built_at,
+            "built_by": self.built_by,
+            "message": message,
+        }
+
+
+def release_name(sha: str, when: float) -> str:
+    """Release directory names sort by creation time.
+
+    >>> release_name("0123456789abcdef0123456789abcdef01234567", 0)
+    '19700101T000000Z-0123456'
+    """
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when)) + f"-{sha[:7]}"
+
+
+def resolve_repo(repo: str, base_dir: Path, *, cache: Path | None = None) -> Path:
+    """A local git directory for `repo`: a path (relative to the inventory) or a remote URL.
+
+    A remote URL is mirrored into the local cache and fetched on every deploy.
+    """
+    if not repo:
+        raise ConfigError(
+            "app_repo is not set: name the app's git repository (a path or a URL) in the inventory"
+        )
+    if "://" not in repo and not re.match(r"^[\w.-]+@[\w.-]+:", repo):
+        path = (base_dir / repo).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"app_repo: {path} does not exist")
+        return path
+    mirror = (cache or cache_dir()) / "repos" / (sha256(repo.encode())[:16] + ".git")
+    if mirror.exists():
+        _run(
+            ["git", "-C", str(mirror), "fetch", "-q", "--prune", "--tags", "origin"],
+            what=f"fetching {repo}",
+        )
+    else:
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        _run(["git", "clone", "-q", "--mirror", repo, str(mirror)], what=f"cloning {repo}")
+    return mirror
+
+
+def _git(repo: Path, *args: str, what: str) -> bytes:
+    return _run(["git", "-C", str(repo), *args], what=what)
+
+
+def resolve_commit(repo: Path, ref: str) -> str:
+    """The commit `ref` names in `repo`, or ConfigError (nothing built, nothing touched)."""
+    if not ref or ref.startswith("-"):
+        raise ConfigError(f"--ref {ref!r}: expected a git ref (tag, branch or commit)")
+    try:
+        out = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", what="ref")
+    except BuildError:
+        raise ConfigError(f"--ref {ref!r}: no such commit, tag or branch in {repo}") from None
+    sha = out.decode().strip()
+    if not _SHA_RE.match(sha):
+        raise ConfigError(f"--ref {ref!r}: git answered {sha!r}")
+    return sha
+
+
+def build(
+    repo: Path,
+    subdir: str,
+    ref: str,
+    *,
+    cache: Path | None = None,
+    now: float | None = None,
+) -> Artifact:
+    """Build the artifact of `ref`: the app's code at that commit and its dependencies."""
+    sha = resolve_commit(repo, ref)
+    path = subdir.strip("/") or "."
+    treeish = sha if path == "." else f"{sha}:{path}"
+    # `<commit>:<path>` names the directory's tree (a `^{tree}` suffix would be part of the path)
+    spec = f"{sha}^{{tree}}" if path == "." else treeish
+    try:
+        tree = _git(repo, "rev-parse", "--verify", spec, what="app path").decode().strip()
+        kind = _git(repo, "cat-file", "-t", tree, what="app path").decode().strip()
+    except BuildError:
+        kind = ""
+    if kind != "tree":
+        raise ConfigError(f"app_repo_path {subdir!r}: not a directory at {ref} in {repo}")
+    archive = _git(repo, "archive", "--format=tar", treeish, what="git archive")
+    committed = int(_git(repo, "show", "-s", "--format=%ct", sha, what="commit time"))
+    code = gzip_bytes(retimed(archive, committed))
+    describe = _git(repo, "describe", "--tags", "--always", sha, what="git describe")
+
+    def show(name: str) -> bytes | None:
+        try:
+            return _git(
+                repo, "show", f"{treeish}/{name}" if path != "." else f"{sha}:{name}", what=name
+            )
+        except BuildError:
+            return None
+
+    package = show("package.json")
+    lock = show("package-lock.json")
+    deps_key, deps = "", None
+    if package is not None:
+        try:
+            declared = json.loads(package).get("dependencies") or {}
+        except (ValueError, AttributeError) as exc:
+            raise BuildError(f"{path}/package.json at {ref}: not valid JSON ({exc})") from None
+        if declared:
+            if lock is None:
+                raise BuildError(
+                    f"{path}/package.json at {ref} declares dependencies but there is no "
+                    "package-lock.json: commit one (npm install --package-lock-only)"
+                )
+            deps_key = sha256(lock)
+            deps = dependencies(package, lock, deps_key, cache=cache)
+    when = time.time() if now is None else now
+    return Artifact(
+        name=release_name(sha, when),
+        ref=ref,
+        sha=sha,
+        describe=describe.decode().strip(),
+        tree=tree,
+        code=code,
+        deps_key=deps_key,
+        deps=deps,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+        built_by=operator(),
+    )
+
+
+def dependencies(package: bytes, lock: bytes, key: str, *, cache: Path | None = None) -> bytes:
+    """node_modules for this lock file as a tarball: from the cache, else `npm ci` once."""
+    root = (cache or cache_dir()) / "deps"
+    tarball = root / f"{key}.tar.gz"
+    if tarball.exists():
+        return tarball.read_bytes()
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
+        work = Path(tmp)
+        (work / "package.json").write_bytes(package)
+        (work / "package-lock.json").write_bytes(lock)
+        _run(
+            ["npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"],
+            cwd=work,
+            what="installing the app's dependencies with npm ci (operator side)",
+        )
+        modules = work / "node_modules"
+        modules.mkdir(exist_ok=True)
+        for junk in modules.glob(".package-lock.json"):
+            junk.unlink()  # npm's own bookkeeping; it holds no code
+        data = tar_gz_dir(modules, prefix="node_modules")
+        partial = tarball.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(tarball)
+    return data

@@ -1,0 +1,196 @@
+"""Converge a host to a list of resources in two round trips at most.
+
+1. One command runs every resource's read-only probe; the output comes back in marked sections.
+2. Each resource plans locally (pure), in order, knowing which earlier resources change (handlers).
+3. Unless dry-run, one command runs the scripts of the resources that must change, in order,
+   under `set -e`; a marker after each tells how far it got if one fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opskit.core.errors import OpsError
+from opskit.core.remote import Remote
+from opskit.core.result import Change
+from opskit.core.secrets import redact
+from opskit.resources import Plan, Resource
+
+log = logging.getLogger(__name__)
+
+MARK = "@@opskit"
+q = shlex.quote
+_SECTION = re.compile(rf"^{MARK} (\d+)$", re.M)
+_DONE = re.compile(rf"^{MARK}-done (\d+)$", re.M)
+
+
+class ConvergeError(OpsError):
+    """A change failed on a host; `changes` holds the ones made before it."""
+
+    def __init__(self, message: str, changes: Sequence[Change]) -> None:
+        super().__init__(message)
+        self.changes = tuple(changes)
+
+
+@dataclass(frozen=True)
+class Planned:
+    resource: Resource
+    plan: Plan
+
+
+# Shell helpers of the resources' probes. Each answers from what prefetch_script read for all
+# resources at once (one `stat`, one `sha256sum`, one `systemctl is-enabled` and one `is-active`
+# for the whole host instead of one or two processes per resource) and falls back to reading
+# directly what was not prefetched; their output is what the direct commands print.
+PROBE_HELPERS = r"""declare -A _opskit_pre=() _opskit_st=() _opskit_sh=()
+declare -A _opskit_en=() _opskit_ac=()
+_opskit_stat() {
+  if [ -n "${_opskit_st[$1]+x}" ]; then printf '%s\n' "${_opskit_st[$1]}"
+  elif [ -n "${_opskit_pre[$1]+x}" ]; then echo absent
+  elif [ -e "$1" ] || [ -L "$1" ]; then stat -c '%F|%a|%U|%G' -- "$1"
+  else echo absent; fi
+}
+_opskit_sha256() {
+  if [ -n "${_opskit_sh[$1]+x}" ]; then _opskit_s=${_opskit_sh[$1]}
+  else _opskit_s=$(sha256sum < "$1"); _opskit_s=${_opskit_s%% *}; fi
+}
+_opskit_unit() {
+  local e a
+  if [ -n "${_opskit_en[$1]+x}" ]; then e=${_opskit_en[$1]}
+  else e=$(systemctl is-enabled -- "$1" 2>/dev/null); fi
+  if [ -n "${_opskit_ac[$1]+x}" ]; then a=${_opskit_ac[$1]}
+  else a=$(systemctl is-active -- "$1"); fi
+  printf '%s|%s\n' "$e" "$a"
+}
+"""
+
+
+def prefetch_script(resources: Sequence[Resource]) -> str:
+    """Shell that reads, in one process per kind, what the probes of `resources` will ask."""
+    wanted: dict[str, dict[str, None]] = {"stat": {}, "sha256": {}, "unit": {}}
+    for r in resources:
+        for kind, items in r.prefetch().items():
+            if kind in wanted:  # an unknown kind is simply not prefetched
+                wanted[kind].update(dict.fromkeys(items))
+    stat, sha, units = (list(wanted[k]) for k in ("stat", "sha256", "unit"))
+    lines = [PROBE_HELPERS.rstrip("\n")]
+    if stat:
+        args = " ".join(q(p) for p in stat)
+        lines += [
+            f"for _opskit_k in {args}; do _opskit_pre[$_opskit_k]=1; done",
+            "while IFS= read -r -d '' _opskit_k && IFS= read -r -d '' _opskit_v; do "
+            "_opskit_st[$_opskit_k]=$_opskit_v; done "
+            f"< <(stat --printf '%n\\0%F|%a|%U|%G\\0' -- {args} 2>/dev/null)",
+        ]
+    if sha:
+        # `sha256sum -z` prints "<64 hex><space><space or *><name>\0", names unescaped.
+        lines.append(
+            "while IFS= read -r -d '' _opskit_v; do _opskit_sh[${_opskit_v:66}]=${_opskit_v:0:64}; "
+            f"done < <(sha256sum -z -- {' '.join(q(p) for p in sha)} 2>/dev/null)"
+        )
+    if units:
+        # One line per unit, in order; is-enabled stops at an unknown unit, so its answers are
+        # used only when there is one per unit (the helper asks each unit itself otherwise).
+        args = " ".join(q(u) for u in units)
+        for cmd, var, arr in (
+            ("is-enabled", "_opskit_e", "_opskit_en"),
+            ("is-active", "_opskit_a", "_opskit_ac"),
+        ):
+            sets = "; ".join(
+                f"_opskit_k={q(u)}; {arr}[$_opskit_k]=${{{var}[{i}]}}" for i, u in enumerate(units)
+            )
+            lines.append(
+                f"mapfile -t {var} < <(systemctl {cmd} -- {args} 2>/dev/null); "
+                f"if [ ${{#{var}[@]}} -eq {len(units)} ]; then {sets}; fi"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def probe_script(resources: Sequence[Resource]) -> str:
+    parts = ["exec 2>&1", prefetch_script(resources).rstrip("\n")]
+    for i, r in enumerate(resources):
+        parts.append(f"echo '{MARK} {i}'")
+        parts.append(r.probe())
+    return "\n".join(parts) + "\n"
+
+
+def split_sections(output: str, count: int) -> list[str]:
+    """Split the probe output into one text per resource.
+
+    >>> split_sections("@@opskit 0\\na\\n@@opskit 1\\nb\\nc\\n", 2)
+    ['a\\n', 'b\\nc\\n']
+    """
+    found = list(_SECTION.finditer(output))
+    if [int(m.group(1)) for m in found] != list(range(count)):
+        raise OpsError(f"state probe output is garbled:\n{output[-2000:]}")
+    sections = []
+    for k, m in enumerate(found):
+        end = found[k + 1].start() if k + 1 < len(found) else len(output)
+        sections.append(output[m.end() + 1 : end])
+    return sections
+
+
+def plan_all(host: str, resources: Sequence[Resource], sections: Sequence[str]) -> list[Planned]:
+    changed: set[str] = set()
+    planned = []
+    for r, state in zip(resources, sections, strict=True):
+        try:
+            plan = r.plan(state, frozenset(changed))
+        except (ValueError, IndexError) as exc:
+            raise OpsError(f"{r.id}: cannot read its state ({exc}):\n{state[-500:]}") from exc
+        if plan.reasons:
+            changed.add(r.id)
+        planned.append(Planned(r, plan))
+    return planned
+
+
+def apply_script(todo: Sequence[tuple[int, Planned]]) -> str:
+    parts = [
+        "set -euo pipefail",
+        "_opskit_tmp=''",
+        'trap \'[ -z "$_opskit_tmp" ] || rm -f -- "$_opskit_tmp"\' EXIT',
+    ]
+    for i, p in todo:
+        parts.append(p.resource.script(p.plan))
+        parts.append(f"echo '{MARK}-done {i}'")
+    return "\n".join(parts) + "\n"
+
+
+def converge(
+    remote: Remote, resources: Sequence[Resource], *, dry_run: bool = False
+) -> list[Change]:
+    """Bring the host to `resources`; one Change per resource (changed also under dry-run)."""
+    if not resources:
+        return []
+    seen: set[str] = set()
+    for r in resources:
+        if r.id in seen:
+            raise OpsError(f"resource {r.id} is declared twice on {remote.name}")
+        seen.add(r.id)
+    out = remote.run(probe_script(resources), what="read state").stdout
+    planned = plan_all(remote.name, resources, split_sections(out, len(resources)))
+    secrets = remote.host.secrets
+    changes = [
+        Change.made(
+            remote.name, p.resource.id, ", ".join(p.plan.reasons), redact(p.plan.diff, secrets)
+        )
+        if p.plan.reasons
+        else Change.ok(remote.name, p.resource.id)
+        for p in planned
+    ]
+    todo = [(i, p) for i, p in enumerate(planned) if p.plan.reasons]
+    if dry_run or not todo:
+        return changes
+    res = remote.run(apply_script(todo), what="apply changes", ok_codes=range(256))
+    if res.exited != 0:
+        # Everything before the failing resource was done; say which one failed.
+        done = {int(m.group(1)) for m in _DONE.finditer(res.stdout)}
+        made = [c for i, c in enumerate(changes) if c.changed and i in done]
+        failed = next((p.resource.id for i, p in todo if i not in done), "?")
+        tail = "\n".join(res.stderr.strip().splitlines()[-10:])
+        raise ConvergeError(f"{failed}: exit {res.exited}\n{tail}".rstrip(), made)
+    return changes

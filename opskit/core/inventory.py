@@ -1,0 +1,323 @@
+"""Inventory: hosts, groups, variables and secrets, loaded and validated once into dataclasses.
+
+Precedence of variables: role defaults < top `vars` < group `vars` < host `vars`. Two groups
+that give one host different values for a key is an error. A value `{secret: NAME}` is read from
+the environment variable NAME or the inventory's secrets file (mode 0600 only).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opskit.core.errors import ConfigError
+from opskit.core.roles import CORE_VARS, Role, available_roles
+from opskit.core.secrets import Secret, SecretStore
+
+TOP_KEYS = {"ssh", "lab", "secrets", "roles", "vars", "groups"}
+SSH_KEYS = {"known_hosts", "identity", "connect_timeout", "sudo_password"}
+SECRETS_KEYS = {"file"}
+GROUP_KEYS = {"roles", "vars", "hosts"}
+HOST_KEYS = {"address", "port", "user", "vars"}
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    known_hosts: Path
+    identity: Path | None = None
+    connect_timeout: float = 10.0
+    sudo_password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    port: int
+    user: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+    vars: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every secret value in the host's variables, at any depth (for redaction)."""
+        return tuple(_secrets_in(list(self.vars.values())))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    ssh: SshSettings
+    hosts: tuple[Host, ...]
+    groups: Mapping[str, tuple[str, ...]]
+    lab: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise ConfigError(f"{self.path}: no host named '{name}'")
+
+    def select(self, patterns: Iterable[str] | None = None) -> list[Host]:
+        """Hosts matching any of `patterns` (host name, group name, glob, or 'all'), in order.
+
+        Patterns may also be comma-separated. No pattern means all hosts.
+        """
+        wanted = [p.strip() for pat in (patterns or ["all"]) for p in pat.split(",") if p.strip()]
+        chosen: set[str] = set()
+        for pat in wanted or ["all"]:
+            matched = self._match(pat)
+            if not matched:
+                known = sorted({h.name for h in self.hosts} | set(self.groups))
+                raise ConfigError(
+                    f"--hosts {pat!r} matches no host or group in {self.path} "
+                    f"(known: {', '.join(known)})"
+                )
+            chosen.update(matched)
+        return [h for h in self.hosts if h.name in chosen]
+
+    def _match(self, pat: str) -> set[str]:
+        if pat == "all":
+            return {h.name for h in self.hosts}
+        if pat in self.groups:
+            return set(self.groups[pat])
+        names = {h.name for h in self.hosts if fnmatch.fnmatchcase(h.name, pat)}
+        for group, members in self.groups.items():
+            if fnmatch.fnmatchcase(group, pat):
+                names.update(members)
+        return names
+
+
+def load_inventory(
+    path: Path | str,
+    *,
+    roles: Mapping[str, Role] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Inventory:
+    """Read, validate and resolve the inventory at `path`; errors name the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read inventory: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from exc
+    return _Loader(path, roles if roles is not None else available_roles(), environ).load(data)
+
+
+class _Loader:
+    def __init__(
+        self, path: Path, roles: Mapping[str, Role], environ: Mapping[str, str] | None
+    ) -> None:
+        self.path, self.roles, self.environ = path, roles, environ
+        self.declared: dict[str, Any] = dict(CORE_VARS)
+        for role in roles.values():
+            self.declared.update(role.defaults)
+
+    def err(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {msg}")
+
+    def mapping(self, value: Any, key: str, allowed: set[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.err(key, f"expected a mapping, got {type(value).__name__}")
+        for k in value:
+            if not isinstance(k, str):
+                raise self.err(key, f"keys must be strings, got {k!r}")
+            if allowed is not None and k not in allowed:
+                raise self.err(f"{key}.{k}" if key else k, f"unknown key{_hint(k, allowed)}")
+        return value
+
+    def load(self, data: Any) -> Inventory:
+        if data is None:
+            raise ConfigError(f"{self.path}: the inventory is empty")
+        top = self.mapping(data, "", TOP_KEYS)
+        base_dir = self.path.parent
+        secrets_cfg = self.mapping(top.get("secrets"), "secrets", SECRETS_KEYS)
+        secrets_file = None
+        if "file" in secrets_cfg:
+            secrets_file = (base_dir / str(secrets_cfg["file"])).resolve()
+        self.store = SecretStore(secrets_file, self.environ)
+
+        ssh = self.ssh_settings(self.mapping(top.get("ssh"), "ssh", SSH_KEYS), base_dir)
+        top_roles = self.role_list(top.get("roles", ["base"]), "roles")
+        top_vars = self.vars(top.get("vars"), "vars")
+
+        groups_raw = self.mapping(top.get("groups"), "groups")
+        if not groups_raw:
+            raise self.err("groups", "no groups: declare at least one group with hosts")
+        entries: dict[str, dict[str, Any]] = {}  # host -> merged entry
+        group_members: dict[str, list[str]] = {}
+        for gname, graw in groups_raw.items():
+            gkey = f"groups.{gname}"
+            _check_name(self, gkey, gname)
+            group = self.mapping(graw, gkey, GROUP_KEYS)
+            gvars = self.vars(group.get("vars"), f"{gkey}.vars")
+            groles = self.role_list(group.get("roles", []), f"{gkey}.roles")
+            hosts = self.mapping(group.get("hosts"), f"{gkey}.hosts")
+            group_members[gname] = []
+            for hname, hraw in hosts.items():
+                hkey = f"{gkey}.hosts.{hname}"
+                _check_name(self, hkey, hname)
+                entry = self.mapping(hraw, hkey, HOST_KEYS)
+                merged = entries.setdefault(
+                    hname, {"groups": [], "roles": [], "gvars": {}, "gvar_src": {}, "host": {}}
+                )
+                merged["groups"].append(gname)
+                merged["roles"].extend(groles)
+                for k, v in gvars.items():
+                    if k in merged["gvars"] and merged["gvars"][k] != v:
+                        raise self.err(
+                            f"{gkey}.vars.{k}",
+                            f"host '{hname}' also gets a different value from "
+                            f"{merged['gvar_src'][k]}; set it on the host instead",
+                        )
+                    merged["gvars"][k] = v
+                    merged["gvar_src"][k] = f"groups.{gname}.vars"
+                for k, v in entry.items():
+                    if k in merged["host"] and merged["host"][k] != v:
+                        raise self.err(f"{hkey}.{k}", "host is listed twice with different values")
+                    merged["host"][k] = v
+                group_members[gname].append(hname)
+
+        hosts_out = []
+        for hname, merged in entries.items():
+            hkey = f"groups.{merged['groups'][0]}.hosts.{hname}"
+            entry = merged["host"]
+            hvars = self.vars(entry.get("vars"), f"{hkey}.vars")
+            role_names = list(top_roles + merged["roles"])
+            ordered = tuple(r for r in self.roles if r in role_names)
+            values: dict[str, Any] = dict(CORE_VARS)
+            for role in ordered:
+                values.update(self.roles[role].defaults)
+            values.update(top_vars)
+            values.update(merged["gvars"])
+            values.update(hvars)
+            if "address" not in entry:
+                raise self.err(hkey, "missing 'address'")
+            address = self.address(entry["address"], f"{hkey}.address")
+            port = entry.get("port", values["ssh_port"])
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise self.err(f"{hkey}.port", f"expected a TCP port number, got {port!r}")
+            user = entry.get("user", values["ssh_user"])
+            if not isinstance(user, str) or not user:
+                raise self.err(f"{hkey}.user", "expected a user name")
+            hosts_out.append(
+                Host(hname, address, port, user, tuple(merged["groups"]), ordered, values)
+            )
+        lab = top.get("lab")
+        return Inventory(
+            self.path,
+            ssh,
+            tuple(hosts_out),
+            {g: tuple(m) for g, m in group_members.items()},
+            self.mapping(lab, "lab") if lab is not None else None,
+        )
+
+    def ssh_settings(self, raw: dict[str, Any], base_dir: Path) -> SshSettings:
+        if "known_hosts" not in raw:
+            raise self.err("ssh", "missing 'known_hosts' (host keys are always checked strictly)")
+        timeout = raw.get("connect_timeout", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise self.err("ssh.connect_timeout", f"expected seconds > 0, got {timeout!r}")
+        identity = raw.get("identity")
+        sudo = raw.get("sudo_password")
+        return SshSettings(
+            known_hosts=(base_dir / str(raw["known_hosts"])).expanduser(),
+            identity=(base_dir / str(identity)).expanduser() if identity else None,
+            connect_timeout=float(timeout),
+            sudo_password=self.resolve(sudo, "ssh.sudo_password") if sudo is not None else None,
+        )
+
+    def role_list(self, value: Any, key: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            raise self.err(key, "expected a list of role names")
+        for r in value:
+            if r not in self.roles:
+                raise self.err(key, f"unknown role '{r}'{_hint(r, self.roles)}")
+        return list(value)
+
+    def vars(self, value: Any, key: str) -> dict[str, Any]:
+        raw = self.mapping(value, key)
+        out = {}
+        for k, v in raw.items():
+            if k not in self.declared:
+                raise self.err(f"{key}.{k}", f"unknown variable{_hint(k, self.declared)}")
+            out[k] = self.resolve(v, f"{key}.{k}")
+        return out
+
+    def resolve(self, value: Any, key: str) -> Any:
+        if isinstance(value, dict) and set(value) == {"secret"}:
+            name = value["secret"]
+            if not isinstance(name, str) or not name.isidentifier():
+                raise self.err(key, "secret: expected the name of an environment variable")
+            secret = self.store.get(name)
+            if secret is None:
+                raise self.err(key, f"secret {name} is not set (looked in {self.store.describe()})")
+            return secret
+        if isinstance(value, dict) and "secret" in value:
+            raise self.err(key, "a secret reference is exactly {secret: NAME}")
+        # Secrets may sit anywhere inside a variable (e.g. app_env: {API_TOKEN: {secret: X}}).
+        if isinstance(value, dict):
+            return {k: self.resolve(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    def address(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            raise self.err(key, f"expected an IP address or host name, got {value!r}")
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not all(part and (part.replace("-", "").isalnum()) for part in value.split(".")):
+                raise self.err(key, f"not an IP address or host name: {value!r}") from None
+        return value
+
+
+def _secrets_in(value: Any) -> list[Secret]:
+    if isinstance(value, Secret):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [s for item in value for s in _secrets_in(item)]
+    return []
+
+
+def _check_name(loader: _Loader, key: str, name: str) -> None:
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise loader.err(key, "names are letters, digits, '-' and '_'")
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    """A "did you mean" suffix, or ''.
+
+    >>> _hint("base_timezon", ["base_timezone", "base_packages"])
+    " (did you mean 'base_timezone'?)"
+    """
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def host_vars_for_display(host: Host) -> Mapping[str, Any]:
+    """The host's variables as they may be shown: secrets masked."""
+    return {k: ("***" if isinstance(v, Secret) else v) for k, v in sorted(host.vars.items())}
+
+
+def names(hosts: Sequence[Host]) -> list[str]:
+    return [h.name for h in hosts]

@@ -1,0 +1,158 @@
+"""Run work on many hosts in parallel with a bound; one bad host never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from opskit.core.engine import ConvergeError, converge
+from opskit.core.errors import ConfigError, ConnectError, OpsError
+from opskit.core.inventory import Host, Inventory
+from opskit.core.remote import Remote, connect
+from opskit.core.result import Change, HostResult
+from opskit.core.roles import available_roles
+from opskit.core.secrets import Secret, redact
+from opskit.resources import Resource
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[Remote], Sequence[Change]]
+
+
+@dataclass
+class RunContext:
+    """What a role's hooks may use besides the connection."""
+
+    inventory: Inventory
+    dry_run: bool
+    sudo_password: Secret | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def reconnect(self, host: Host) -> Remote:
+        """A second, fresh connection (used to prove SSH still works after hardening)."""
+        return connect(host, self.inventory.ssh, sudo_password=self.sudo_password)
+
+
+class Cancelled(OpsError):
+    pass
+
+
+def run_on_hosts(
+    inventory: Inventory,
+    hosts: Sequence[Host],
+    work: Callable[[Remote, RunContext], Sequence[Change]],
+    *,
+    workers: int = 8,
+    dry_run: bool = False,
+    sudo_password: Secret | None = None,
+    on_result: Callable[[HostResult], None] | None = None,
+) -> list[HostResult]:
+    """Run `work` once per host over one connection, at most `workers` at a time.
+
+    Results come back in inventory order; `on_result` sees each as soon as its host is done.
+    On Ctrl-C, hosts not started are skipped, started ones finish their current step, and
+    KeyboardInterrupt is re-raised.
+    """
+    stop = threading.Event()
+
+    def one(host: Host) -> HostResult:
+        if stop.is_set():
+            return HostResult(host.name, error="not run: interrupted")
+        ctx = RunContext(inventory, dry_run, sudo_password)
+        started = time.monotonic()
+        remote = None
+        try:
+            remote = connect(host, inventory.ssh, sudo_password=sudo_password)
+            changes = tuple(work(remote, ctx))
+            result = HostResult(
+                host.name,
+                changes,
+                commands=remote.commands,
+                seconds=time.monotonic() - started,
+                notes=tuple(ctx.notes),
+            )
+        except ConnectError as exc:
+            result = HostResult(
+                host.name, error=str(exc), unreachable=True, seconds=time.monotonic() - started
+            )
+        except ConvergeError as exc:
+            result = HostResult(
+                host.name,
+                exc.changes,
+                error=str(exc),
+                commands=remote.commands if remote else 0,
+                seconds=time.monotonic() - started,
+            )
+        except Exception as exc:  # one bad host never stops the others
+            if not isinstance(exc, OpsError):
+                log.exception("[%s] unexpected error", host.name)
+            msg = redact(
+                f"{exc}" if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}",
+                host.secrets,
+            )
+            result = HostResult(
+                host.name,
+                error=msg,
+                commands=remote.commands if remote else 0,
+                seconds=time.monotonic() - started,
+            )
+        finally:
+            if remote is not None:
+                remote.close()
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="opskit")
+    futures = [pool.submit(one, h) for h in hosts]
+    try:
+        results = [f.result() for f in futures]
+    except KeyboardInterrupt:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def role_resources(host: Host, roles: Sequence[str]) -> list[Resource]:
+    """The resources of `roles` for `host`, in converge order (pure, local)."""
+    known = available_roles()
+    resources: list[Resource] = []
+    for name in roles:
+        resources.extend(known[name].module().resources(host.vars))
+    return resources
+
+
+def roles_for(host: Host, only: Sequence[str] | None) -> list[str]:
+    if not only:
+        return list(host.roles)
+    return [r for r in host.roles if r in only]
+
+
+def check_role_names(names: Sequence[str] | None) -> None:
+    known = available_roles()
+    for n in names or []:
+        if n not in known:
+            raise ConfigError(f"--roles: unknown role '{n}' (roles: {', '.join(known)})")
+
+
+def provision_work(only: Sequence[str] | None) -> Callable[[Remote, RunContext], list[Change]]:
+    """The work of `inv provision`: converge the host's roles, then run the roles' checks."""
+
+    def work(remote: Remote, ctx: RunContext) -> list[Change]:
+        names = roles_for(remote.host, only)
+        resources = role_resources(remote.host, names)
+        changes = converge(remote, resources, dry_run=ctx.dry_run)
+        known = available_roles()
+        for name in names:
+            after = getattr(known[name].module(), "after_converge", None)
+            if after is not None and not ctx.dry_run:
+                after(remote, changes, ctx)
+        return changes
+
+    return work
