@@ -12,6 +12,8 @@ class ExitStatus(IntEnum):
     HOST_FAILED = 1  # at least one host failed or was unreachable; others may have changed
     USAGE = 2  # bad arguments, inventory, role variables or secrets; nothing touched
     CHANGES_PENDING = 3  # --check found drift and --detailed-exitcode was asked for
+    WARNING = 4  # a task that judges (status, audit, certs.status, report --fail-on): a warning
+    CRITICAL = 5  # ... something critical (see opskit.checks.levels.exit_status)
     INTERRUPTED = 130  # Ctrl-C
 
 
