@@ -18,7 +18,7 @@ from opskit.core.errors import OpsError
 from opskit.core.remote import Remote
 from opskit.core.result import Change
 from opskit.core.secrets import redact
-from opskit.resources import Plan, Resource
+from opskit.core.resource import Plan, Resource
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from opskit.core.remote import Remote, connect
 from opskit.core.result import Change, HostResult
 from opskit.core.roles import available_roles
 from opskit.core.secrets import Secret, redact
-from opskit.resources import Resource
+from opskit.core.resource import Resource
 
 log = logging.getLogger(__name__)
 
