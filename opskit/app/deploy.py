@@ -50,6 +50,14 @@ from typing import Any
 import paramiko
 
 from opskit.app.release import Artifact, operator
+from opskit.app.spec import (
+    BAD_MARK,
+    LOCKED_EXIT,
+    PM2_BIN,
+    RELEASE_META,
+    UNPROVISIONED_EXIT,
+    AppLayout,
+)
 from opskit.core.errors import ConfigError, OpsError
 from opskit.core.inventory import Host, Inventory
 from opskit.core.remote import Remote
@@ -61,12 +69,6 @@ from opskit.core.secrets import Secret
 log = logging.getLogger(__name__)
 q = shlex.quote
 
-PM2_DIR = "/opt/opskit/pm2"
-PM2_BIN = f"{PM2_DIR}/node_modules/pm2/bin/pm2"
-RELEASE_META = ".opskit-release.json"
-BAD_MARK = ".opskit-bad"
-LOCKED_EXIT = 75
-UNPROVISIONED_EXIT = 78
 _NAME_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{7}$")
 
 
@@ -80,80 +82,6 @@ class LockedError(DeployError):
 
 class NothingToRollBack(DeployError):
     """No release to roll back to."""
-
-
-# --- layout --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AppLayout:
-    """Where the app lives on a host, from its variables (roles/app/defaults.yml)."""
-
-    name: str
-    user: str
-    port: int
-    root: str = "/srv"  # tests point it at a temporary directory
-
-    @classmethod
-    def from_vars(cls, v: Mapping[str, Any]) -> AppLayout:
-        name, user, port = v["app_name"], v["app_user"], v["app_port"]
-        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
-            raise ConfigError(f"app_name: {name!r}: lower-case letters, digits, '-', '_'")
-        if not isinstance(user, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
-            raise ConfigError(f"app_user: {user!r} is not a valid user name")
-        if user in ("root", v.get("base_deploy_user", "deploy")):
-            raise ConfigError(f"app_user: {user!r}: the app needs a user of its own")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigError(f"app_port: expected a TCP port number, got {port!r}")
-        return cls(name, user, port)
-
-    @property
-    def base(self) -> str:
-        return f"{self.root}/{self.name}"
-
-    @property
-    def releases(self) -> str:
-        return f"{self.base}/releases"
-
-    @property
-    def shared(self) -> str:
-        return f"{self.base}/shared"
-
-    @property
-    def current(self) -> str:
-        return f"{self.base}/current"
-
-    @property
-    def ecosystem(self) -> str:
-        return f"{self.shared}/ecosystem.config.js"
-
-    @property
-    def state_dir(self) -> str:
-        return f"{self.base}/.opskit"
-
-    @property
-    def journal(self) -> str:
-        return f"{self.state_dir}/journal.jsonl"
-
-    @property
-    def log_dir(self) -> str:
-        return f"/var/log/{self.name}"
-
-    @property
-    def home(self) -> str:
-        return f"/home/{self.user}"
-
-    @property
-    def pm2_home(self) -> str:
-        return f"{self.home}/.pm2"
-
-    @property
-    def pm2_service(self) -> str:
-        return f"pm2-{self.user}"
-
-    @property
-    def activate_unit(self) -> str:
-        return f"opskit-{self.name}-activate"
 
 
 # --- host state ----------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opskit.app.deploy import PM2_BIN, AppLayout
-from opskit.app.release import Bundle
+from opskit.app.spec import PM2_BIN, AppLayout
+from opskit.core.artifacts import Bundle
 from opskit.resources import NOTHING, Plan, Resource, q
 
 MARKER = ".opskit-sha256"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from opskit.core.errors import OpsError
 from opskit.core.remote import Remote
+from opskit.core.resource import Plan, Resource
 from opskit.core.result import Change
 from opskit.core.secrets import redact
-from opskit.core.resource import Plan, Resource
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from opskit.core.engine import ConvergeError, converge
 from opskit.core.errors import ConfigError, ConnectError, OpsError
 from opskit.core.inventory import Host, Inventory
 from opskit.core.remote import Remote, connect
+from opskit.core.resource import Resource
 from opskit.core.result import Change, HostResult
 from opskit.core.roles import available_roles
 from opskit.core.secrets import Secret, redact
-from opskit.core.resource import Resource
 
 log = logging.getLogger(__name__)
 

@@ -245,6 +245,7 @@ class _HostPass:
 
     def read(self, remote: Remote) -> None:
         from opskit.app import deploy
+        from opskit.app import spec as app_spec
         from opskit.backup import ops as backup
         from opskit.certs import ops as certs
 
@@ -272,7 +273,7 @@ class _HostPass:
         if "app" in h.roles:
             try:
                 state = deploy.read_state(
-                    remote, deploy.AppLayout.from_vars(h.vars), journal=RELEASE_JOURNAL_LINES
+                    remote, app_spec.AppLayout.from_vars(h.vars), journal=RELEASE_JOURNAL_LINES
                 )
                 self.releases[h.name] = release_summary(h.name, state, data.since, data.until)
             except (OpsError, ValueError) as exc:

@@ -7,10 +7,11 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opskit.core.errors import ConfigError
-from opskit.core.render import render
+from opskit.core.render import managed_by, render
 from opskit.core.resource import (
     BACKUP_DIR,
     DIFF_LIMIT,
@@ -181,6 +182,33 @@ class File(Resource):
 def Template(path: str, template: str, variables: Mapping[str, Any], **kwargs: Any) -> File:
     """A File whose content is `templates/<template>` rendered with `variables`."""
     return File(path, render(template, variables), **kwargs)
+
+
+HOSTSIDE_DIR = Path(__file__).resolve().parents[1] / "hostside"
+
+
+def host_program_source(program: str, role: str) -> str:
+    """The text installed for `opskit/hostside/<program>.py`: its source, verbatim, with a
+    managed-by line after the shebang (the module's own first line, else python3's)."""
+    source_file = HOSTSIDE_DIR / f"{program}.py"
+    if not program.isidentifier() or program.startswith("_"):
+        raise ConfigError(f"host program {program!r}: name a module of opskit/hostside/")
+    try:
+        source = source_file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source_file}: no such host program ({exc.strerror})") from exc
+    shebang, rest = "#!/usr/bin/python3\n", source
+    if source.startswith("#!"):
+        shebang, _, rest = source.partition("\n")
+        shebang += "\n"
+    header = f"# {managed_by(role)} Source: opskit/hostside/{program}.py\n"
+    return shebang + header + rest
+
+
+def HostProgram(path: str, program: str, *, role: str, mode: int = 0o755, **kwargs: Any) -> File:
+    """A File holding the host program `opskit/hostside/<program>.py` verbatim (a typed module
+    under the repo's lint and type gates); what it needs comes from its JSON config or argv."""
+    return File(path, host_program_source(program, role), mode, **kwargs)
 
 
 @dataclass(frozen=True)

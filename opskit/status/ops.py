@@ -29,6 +29,7 @@ from enum import IntEnum
 from typing import Any
 
 from opskit.app import deploy
+from opskit.app import spec as app_spec
 from opskit.backup import ops as backup
 from opskit.certs import ops as certs
 from opskit.core.errors import ConfigError, OpsError
@@ -127,7 +128,7 @@ class Settings:
     pm2_user: str  # "" = no app role
     pm2_apps: tuple[str, ...]
     pm2_restarts: Pair
-    app: deploy.AppLayout | None
+    app: app_spec.AppLayout | None
     cert_specs: tuple[certs.CertSpec, ...] | None  # None: no certbot role
     cert_days: tuple[int, int]  # warning, critical (days left below)
     backup: BackupSettings | None
@@ -292,7 +293,7 @@ def _settings(host: Host, samples: int | None) -> Settings:
     db = None
     if "postgresql" in roles:
         db = _pair(v, "db_connections", fallback=None, default=(80, 95), percent=True)
-    app = deploy.AppLayout.from_vars(v) if "app" in roles else None
+    app = app_spec.AppLayout.from_vars(v) if "app" in roles else None
     cert_specs = certs.declared_certificates(v) if "certbot" in roles else None
     return Settings(
         samples=n,
@@ -1061,7 +1062,7 @@ def _healthcheck_metrics(s: Settings, part: Any) -> list[Metric]:
 
 
 def _release_metric(s: Settings, raw: Raw) -> Metric:
-    if raw.release_exit == deploy.UNPROVISIONED_EXIT:
+    if raw.release_exit == app_spec.UNPROVISIONED_EXIT:
         assert s.app is not None
         return Metric(
             "release",

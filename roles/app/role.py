@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.app.deploy import PM2_BIN, PM2_DIR, AppLayout
-from opskit.app.release import npm_bundle
 from opskit.app.resources import AppReload, Unpacked
+from opskit.app.spec import PM2_BIN, PM2_DIR, AppLayout
+from opskit.core.artifacts import npm_bundle
 from opskit.core.errors import ConfigError
 from opskit.core.secrets import Secret
 from opskit.resources import (

@@ -109,7 +109,7 @@ def build_config(v: Mapping[str, Any]) -> dict[str, Any]:
         checks["pm2"]["restarts_warning"] = checks["pm2"].pop("warning")
         checks["pm2"]["restarts_critical"] = checks["pm2"].pop("critical")
         if "app_name" in v:  # a deploy's reload restarts every process: not counted (below)
-            from opskit.app.deploy import AppLayout
+            from opskit.app.spec import AppLayout
 
             checks["pm2"]["current"] = AppLayout.from_vars(v).current
     log = v["healthcheck_access_log"]

@@ -15,6 +15,7 @@ import pytest
 from opskit.app import deploy as dep
 from opskit.app import release
 from opskit.app.resources import Unpacked
+from opskit.core import artifacts
 from opskit.core.errors import ConfigError
 from opskit.core.roles import REPO, available_roles
 from opskit.resources import NOTHING
@@ -448,7 +449,7 @@ def test_build_refuses_bad_refs_and_paths(tmp_path):
 
 def test_build_needs_a_lock_file_for_dependencies(tmp_path):
     repo = _git_repo(tmp_path / "repo", {"package.json": '{"dependencies": {"ms": "2.1.3"}}'})
-    with pytest.raises(release.BuildError, match=r"no package-lock\.json"):
+    with pytest.raises(artifacts.BuildError, match=r"no package-lock\.json"):
         release.build(repo, ".", "v1", cache=tmp_path)
 
 
@@ -458,7 +459,7 @@ def test_build_uses_cached_dependencies(tmp_path):
         tmp_path / "repo",
         {"package.json": '{"dependencies": {"ms": "2.1.3"}}', "package-lock.json": lock},
     )
-    key = release.sha256(lock.encode())
+    key = artifacts.sha256(lock.encode())
     (tmp_path / "deps").mkdir()
     (tmp_path / "deps" / f"{key}.tar.gz").write_bytes(b"cached")  # no npm run
     a = release.build(repo, ".", "v1", cache=tmp_path)
@@ -492,8 +493,8 @@ def test_unpacked_installs_once_then_changes_nothing(tmp_path):
     (src / "pm2" / "bin").mkdir(parents=True)
     (src / "pm2" / "bin" / "pm2").write_text("#!/bin/sh\n")
     tarball = tmp_path / "b.tar.gz"
-    tarball.write_bytes(release.tar_gz_dir(src, prefix="node_modules"))
-    bundle = release.Bundle("pm2", "1", tarball, release.sha256(tarball.read_bytes()))
+    tarball.write_bytes(artifacts.tar_gz_dir(src, prefix="node_modules"))
+    bundle = artifacts.Bundle("pm2", "1", tarball, artifacts.sha256(tarball.read_bytes()))
     res = Unpacked(str(tmp_path / "opt/pm2"), "pm2 1", lambda: bundle)
     remote = LocalRemote()
     probe = remote.run(res.probe()).stdout

@@ -180,3 +180,24 @@ def test_secrets_are_redacted_from_diffs(tmp_path):
     remote = LocalRemote(host=make_host(app_token=Secret("hunter2")))
     [change] = converge(remote, [File(str(f), "TOKEN=hunter2\n")], dry_run=True)
     assert "hunter2" not in change.diff and "***" in change.diff
+
+
+def test_host_program_is_the_module_verbatim_with_a_managed_by_line(tmp_path, monkeypatch):
+    from opskit.resources import files
+
+    (tmp_path / "probe.py").write_text('#!/usr/bin/python3\n"""A probe."""\nprint("x")\n')
+    (tmp_path / "plain.py").write_text('"""No shebang."""\n')
+    monkeypatch.setattr(files, "HOSTSIDE_DIR", tmp_path)
+    res = files.HostProgram("/usr/local/bin/p", "probe", role="status")
+    lines = res.content.splitlines()
+    assert lines[0] == "#!/usr/bin/python3"
+    assert (
+        lines[1].startswith("# Managed by opskit, role status;") and "hostside/probe.py" in lines[1]
+    )
+    assert lines[2:] == ['"""A probe."""', 'print("x")'] and res.mode == 0o755
+    plain = files.host_program_source("plain", "x").splitlines()
+    assert plain[0] == "#!/usr/bin/python3" and plain[2] == '"""No shebang."""'
+    with pytest.raises(ConfigError, match="no such host program"):
+        files.HostProgram("/x", "missing", role="x")
+    with pytest.raises(ConfigError, match="name a module"):
+        files.HostProgram("/x", "../etc", role="x")
