@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-from invoke import task
 from invoke.exceptions import Exit
 
 from cli import common as cli
-from cli.common import H
+from cli.common import H, task
 from opskit.core.errors import ConfigError, ExitStatus, OpsError
 
 # --- app: deploy, rollback, releases ---------------------------------------------------------
@@ -22,10 +21,7 @@ def _app_hosts(inventory, hosts):
     inv, selected = cli.load(inventory, hosts)
     if not hosts:
         selected = [h for h in selected if "app" in h.roles]
-    try:
-        return inv, app_hosts(inv, selected)
-    except ConfigError as exc:
-        raise cli.usage_error(exc) from None
+    return inv, app_hosts(inv, selected)
 
 
 def _run_app_work(inv, selected, work, *, batch, json, ask_sudo_pass):
@@ -37,8 +33,6 @@ def _run_app_work(inv, selected, work, *, batch, json, ask_sudo_pass):
         results = run_in_batches(
             inv, selected, work, batch=batch, sudo_password=password, on_result=emit
         )
-    except ConfigError as exc:
-        raise cli.usage_error(exc) from None
     except KeyboardInterrupt:
         raise Exit(
             "interrupted: a host whose activation had started finishes it on its own (current "

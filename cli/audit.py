@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
-from invoke import task
 from invoke.exceptions import Exit
 
 from cli import common as cli
-from cli.common import H
+from cli.common import H, task
 from opskit.core.errors import ConfigError, ExitStatus
 from opskit.core.output import use_color
 

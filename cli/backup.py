@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from invoke import task
 from invoke.exceptions import Exit
 
 from cli import common as cli
-from cli.common import H
+from cli.common import H, task
 from opskit.core.errors import ConfigError, ExitStatus
 
 # --- backup ----------------------------------------------------------------------------------

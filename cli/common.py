@@ -7,7 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import invoke
 from invoke.exceptions import Exit
 
 from opskit.core.errors import ConfigError, ExitStatus, OpsError
@@ -26,6 +28,34 @@ COMMON_HELP = {
     "json": "print the results as JSON on stdout instead of lines",
     "ask_sudo_pass": "ask once for the deploy user's sudo password (or set it in the inventory)",
 }
+
+
+class OpsTask(invoke.Task):  # type: ignore[misc]
+    """An Invoke task with opskit's one error boundary.
+
+    - `-h` always means help: no flag gets `h` as its short form (`--hosts` would take it).
+    - Bad input (`ConfigError`, raised before anything is touched) exits 2 with the message;
+      Ctrl-C exits 130 (hosts not started are skipped; every file is written atomically).
+    """
+
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        return super().arg_opts(name, default, {*taken_names, "h"})  # type: ignore[no-any-return]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ConfigError as exc:
+            raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
+        except KeyboardInterrupt:
+            raise Exit(
+                "interrupted: hosts not started were skipped; no file is half-written",
+                code=ExitStatus.INTERRUPTED,
+            ) from None
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """`@task` of the task modules: invoke.task making an OpsTask."""
+    return invoke.task(*args, klass=OpsTask, **kwargs)
 
 
 def inventory_path(inventory: str | None) -> Path:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from invoke import task
 from invoke.exceptions import Exit
 
 from cli import common as cli
-from cli.common import H
-from opskit.core.errors import ConfigError, ExitStatus, OpsError
+from cli.common import H, task
+from opskit.core.errors import ExitStatus, OpsError
 from opskit.core.runner import check_role_names, provision_work, run_on_hosts
 
 
@@ -43,30 +42,21 @@ def provision(
     """Converge the selected hosts to their roles (idempotent; --check to preview)."""
     inv, selected = cli.load(inventory, hosts)
     only = [r.strip() for r in roles.split(",")] if roles else None
-    try:
-        check_role_names(only)
-    except ConfigError as exc:
-        raise cli.usage_error(exc) from None
+    check_role_names(only)
     password = cli.ask_sudo_password(ask_sudo_pass)
     if not json:
         mode = "checking (no changes)" if check else "converging"
         print(f"{mode} {len(selected)} host(s) of {inv.path.name}, {workers} at a time")
     emit = cli.printer(json_out=json, show_diff=diff or check, verbose=verbose)
-    try:
-        results = run_on_hosts(
-            inv,
-            selected,
-            provision_work(only),
-            workers=workers,
-            dry_run=check,
-            sudo_password=password,
-            on_result=emit,
-        )
-    except KeyboardInterrupt:
-        raise Exit(
-            "interrupted: hosts not started were skipped; no file is half-written",
-            code=ExitStatus.INTERRUPTED,
-        ) from None
+    results = run_on_hosts(
+        inv,
+        selected,
+        provision_work(only),
+        workers=workers,
+        dry_run=check,
+        sudo_password=password,
+        on_result=emit,
+    )
     cli.finish(results, json_out=json, dry_run=check, detailed_exitcode=detailed_exitcode)
 
 
@@ -83,15 +73,12 @@ def verify(c, inventory=None, hosts=None, pytest_args="", roles=None):
     from opskit.fleet.verify import run_verify
 
     inv, selected = cli.load(inventory, hosts)
-    try:
-        code = run_verify(
-            inv,
-            selected,
-            pytest_args.split(),
-            [r.strip() for r in roles.split(",")] if roles else None,
-        )
-    except ConfigError as exc:
-        raise cli.usage_error(exc) from None
+    code = run_verify(
+        inv,
+        selected,
+        pytest_args.split(),
+        [r.strip() for r in roles.split(",")] if roles else None,
+    )
     if code != 0:
         raise Exit(code=ExitStatus.HOST_FAILED)
 
@@ -174,23 +161,16 @@ def run(
     inv, selected = cli.load(inventory, hosts)
     password = cli.ask_sudo_password(ask_sudo_pass)
     emit = None if json else (lambda r: print(adhoc.format_result(r), end="", flush=True))
-    try:
-        results = adhoc.run_command(
-            inv,
-            selected,
-            command,
-            sudo=sudo,
-            workers=workers,
-            timeout=timeout or None,
-            sudo_password=password,
-            on_result=emit,
-        )
-    except ConfigError as exc:
-        raise cli.usage_error(exc) from None
-    except KeyboardInterrupt:
-        raise Exit(
-            "interrupted: hosts not started were skipped", code=ExitStatus.INTERRUPTED
-        ) from None
+    results = adhoc.run_command(
+        inv,
+        selected,
+        command,
+        sudo=sudo,
+        workers=workers,
+        timeout=timeout or None,
+        sudo_password=password,
+        on_result=emit,
+    )
     print(adhoc.to_json(results) if json else adhoc.summary(results), end="")
     if not all(r.ok for r in results):
         raise Exit(code=ExitStatus.HOST_FAILED)

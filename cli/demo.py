@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-from invoke import task
 from invoke.exceptions import Exit
 
 from cli.app import deploy, releases
 from cli.audit import audit
 from cli.backup import backup_drill, backup_list, backup_run
 from cli.certs import certs_renew, certs_status
-from cli.common import H
+from cli.common import H, task
 from cli.core import provision, verify
 from cli.lab import lab_inbox, lab_up
 from cli.monitoring import monitoring_check, monitoring_sync

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from invoke import task
+from cli.common import task
 
 # --- development ---------------------------------------------------------------------------
 

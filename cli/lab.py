@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-from invoke import task
 from invoke.exceptions import Exit
 
 from cli import common as cli
-from cli.common import H
+from cli.common import H, task
 from opskit.core.errors import ExitStatus
 from opskit.lab import ops as labmod
 
