@@ -19,7 +19,7 @@ from cli.backup import (
 from cli.certs import certs_renew, certs_status
 from cli.core import provision, run, trust, verify
 from cli.demo import lab_demo
-from cli.dev import lint, test
+from cli.dev import lint, lock, test
 from cli.lab import lab_down, lab_inbox, lab_status, lab_up
 from cli.monitoring import monitoring_check, monitoring_status, monitoring_sync
 from cli.report import report_daily, report_weekly
@@ -53,6 +53,7 @@ certs_ns.add_task(certs_renew, name="renew")
 dev_ns = Collection("dev")
 dev_ns.add_task(test)
 dev_ns.add_task(lint)
+dev_ns.add_task(lock)
 
 ns = Collection(provision, verify, run)
 ns.add_task(deploy)

@@ -24,3 +24,15 @@ def lint(c):
         f"{py} -m ruff check . && {py} -m ruff format --check . && "
         f"{py} -m mypy --strict --ignore-missing-imports opskit"
     )
+
+
+@task
+def lock(c):
+    """Remake requirements.lock (every dependency pinned, with hashes) from the requirements."""
+    tools = "/tmp/opskit-pip-tools"
+    c.run(f"{sys.executable} -m venv {tools} && {tools}/bin/pip install -q pip-tools==7.7.0")
+    c.run(
+        f"{tools}/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras "
+        "--no-emit-index-url --no-emit-find-links --no-header "
+        "-o requirements.lock requirements-dev.txt"
+    )
