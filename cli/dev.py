@@ -18,11 +18,12 @@ def test(c, fast=False):
 
 @task
 def lint(c):
-    """ruff check, ruff format --check, mypy --strict on opskit."""
+    """ruff check, ruff format --check, mypy --strict on opskit, the layer rule."""
     py = sys.executable
     c.run(
         f"{py} -m ruff check . && {py} -m ruff format --check . && "
-        f"{py} -m mypy --strict --ignore-missing-imports opskit"
+        f"{py} -m mypy --strict --ignore-missing-imports opskit && "
+        f"{py} -m pytest -q tests/unit/test_layers.py tests/unit/test_repo.py"
     )
 
 

@@ -1,7 +1,8 @@
 """Sentry's web API: releases and deploys (`inv deploy`) and issue alert rules (`monitoring.sync`).
 
 Bearer token authentication (scopes project:releases and alerts:write); org and project slugs;
-every failure is an `ApiError` without the token (../shared/reference/services.md §3).
+every failure is an `ApiError` without the token. Reference: https://docs.sentry.io/api/ (releases,
+deploys, issue alert rules; pagination: https://docs.sentry.io/api/pagination/).
 """
 
 from __future__ import annotations

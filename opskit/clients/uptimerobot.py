@@ -1,7 +1,7 @@
 """UptimeRobot API v3: the calls `inv monitoring.sync` uses (monitors, alert contacts).
 
 Bearer authentication, JSON bodies, cursor pagination (`nextLink`), 429 retried after
-`Retry-After` (../shared/reference/services.md §1.5). The API key never appears in errors.
+`Retry-After` (https://uptimerobot.com/api/v3). The API key never appears in errors.
 """
 
 from __future__ import annotations
