@@ -1,9 +1,17 @@
-"""Converge a host to a list of resources in two round trips at most.
+"""Converge a host to a list of resources: one round trip when nothing changes, four at most.
 
 1. One command runs every resource's read-only probe; the output comes back in marked sections.
 2. Each resource plans locally (pure), in order, knowing which earlier resources change (handlers).
 3. Unless dry-run, one command runs the scripts of the resources that must change, in order,
    under `set -e`; a marker after each tells how far it got if one fails.
+
+Resources that alter what others probe (`Resource.alters_host`: package installs, which add
+files and units and start services) are staged: when one of them must change, one command makes
+those changes first (in declared order), then one more probes every other resource again, and
+they are planned from what the host holds *after* the installs — a file a package created is
+seen, a service a package started is restarted when its config changes. A no-op costs one
+command; a run with packages to install costs four (probe, install, probe, change). A dry run
+plans from the first probe only: it cannot know what a missing package would add.
 """
 
 from __future__ import annotations
@@ -134,8 +142,15 @@ def split_sections(output: str, count: int) -> list[str]:
     return sections
 
 
-def plan_all(host: str, resources: Sequence[Resource], sections: Sequence[str]) -> list[Planned]:
-    changed: set[str] = set()
+def plan_all(
+    host: str,
+    resources: Sequence[Resource],
+    sections: Sequence[str],
+    *,
+    changed_before: frozenset[str] = frozenset(),
+) -> list[Planned]:
+    """Plan every resource in order; `changed_before`: ids that changed in an earlier stage."""
+    changed: set[str] = set(changed_before)
     planned = []
     for r, state in zip(resources, sections, strict=True):
         try:
@@ -160,6 +175,27 @@ def apply_script(todo: Sequence[tuple[int, Planned]]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _change(remote: Remote, p: Planned) -> Change:
+    if not p.plan.reasons:
+        return Change.ok(remote.name, p.resource.id)
+    diff = redact(p.plan.diff, remote.host.secrets)
+    return Change.made(remote.name, p.resource.id, ", ".join(p.plan.reasons), diff)
+
+
+def _apply(
+    remote: Remote, todo: Sequence[tuple[int, Planned]], made_before: Sequence[Change], what: str
+) -> None:
+    """Run the scripts of `todo` in one command; on failure say which resource failed."""
+    res = remote.run(apply_script(todo), what=what, ok_codes=range(256))
+    if res.exited != 0:
+        # Everything before the failing resource was done; say which one failed.
+        done = {int(m.group(1)) for m in _DONE.finditer(res.stdout)}
+        made = [*made_before, *(_change(remote, p) for i, p in todo if i in done)]
+        failed = next((p.resource.id for i, p in todo if i not in done), "?")
+        tail = "\n".join(res.stderr.strip().splitlines()[-10:])
+        raise ConvergeError(f"{failed}: exit {res.exited}\n{tail}".rstrip(), made)
+
+
 def converge(
     remote: Remote, resources: Sequence[Resource], *, dry_run: bool = False
 ) -> list[Change]:
@@ -173,24 +209,27 @@ def converge(
         seen.add(r.id)
     out = remote.run(probe_script(resources), what="read state").stdout
     planned = plan_all(remote.name, resources, split_sections(out, len(resources)))
-    secrets = remote.host.secrets
-    changes = [
-        Change.made(
-            remote.name, p.resource.id, ", ".join(p.plan.reasons), redact(p.plan.diff, secrets)
+    if dry_run:
+        return [_change(remote, p) for p in planned]
+    staged = [(i, p) for i, p in enumerate(planned) if p.plan.reasons and p.resource.alters_host]
+    others = [i for i, r in enumerate(resources) if not r.alters_host]
+    made: list[Change] = []
+    if staged and others:
+        _apply(remote, staged, [], "install packages")
+        made = [_change(remote, p) for _, p in staged]
+        rest = [resources[i] for i in others]
+        out = remote.run(probe_script(rest), what="read state after installing").stdout
+        replanned = plan_all(
+            remote.name,
+            rest,
+            split_sections(out, len(rest)),
+            changed_before=frozenset(p.resource.id for _, p in staged),
         )
-        if p.plan.reasons
-        else Change.ok(remote.name, p.resource.id)
-        for p in planned
-    ]
+        for i, p in zip(others, replanned, strict=True):
+            planned[i] = p
     todo = [(i, p) for i, p in enumerate(planned) if p.plan.reasons]
-    if dry_run or not todo:
-        return changes
-    res = remote.run(apply_script(todo), what="apply changes", ok_codes=range(256))
-    if res.exited != 0:
-        # Everything before the failing resource was done; say which one failed.
-        done = {int(m.group(1)) for m in _DONE.finditer(res.stdout)}
-        made = [c for i, c in enumerate(changes) if c.changed and i in done]
-        failed = next((p.resource.id for i, p in todo if i not in done), "?")
-        tail = "\n".join(res.stderr.strip().splitlines()[-10:])
-        raise ConvergeError(f"{failed}: exit {res.exited}\n{tail}".rstrip(), made)
-    return changes
+    if staged and others:
+        todo = [(i, p) for i, p in todo if not p.resource.alters_host]
+    if todo:
+        _apply(remote, todo, made, "apply changes")
+    return [_change(remote, p) for p in planned]

@@ -44,6 +44,10 @@ class Resource:
     """Base class: subclasses set `id` and implement probe, plan and script."""
 
     id: str
+    # True for a resource whose change can alter what other resources probe (a package install
+    # adds files, units and users, and starts services): the engine makes these changes first,
+    # then probes the other resources again before planning them (see opskit.core.engine).
+    alters_host = False
 
     def probe(self) -> str:
         """Read-only shell printing the state. It runs inside engine.probe_script, whose helpers

@@ -41,9 +41,14 @@ class DaemonReload(Resource):
 
 @dataclass(frozen=True)
 class Packages(Resource):
-    """Every package in `names` is installed (apt); one install for all that are missing."""
+    """Every package in `names` is installed (apt); one install for all that are missing.
+
+    An install adds files and units and may start services, so the engine installs every missing
+    package of the host first and probes the other resources again afterwards (`alters_host`).
+    """
 
     names: tuple[str, ...]
+    alters_host = True
 
     @property
     def id(self) -> str:  # type: ignore[override]
