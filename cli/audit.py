@@ -42,7 +42,8 @@ def audit(
     inventory's keys, listening ports against the roles', sshd settings. Exit code: 5 a high or
     critical finding, else 1 a host could not be read, else 4 low or medium findings, else 0.
     """
-    from opskit.audit import ops as aud
+    from opskit.audit.output import format_host, format_report, report_json
+    from opskit.audit.reader import run
 
     inv, selected = cli.load(inventory, hosts)
     try:
@@ -55,10 +56,10 @@ def audit(
 
     def emit(h):
         if not json and not summary:
-            print(aud.format_host(h, colour=colour), end="", flush=True)
+            print(format_host(h, colour=colour), end="", flush=True)
 
     try:
-        report = aud.run(
+        report = run(
             inv,
             selected,
             workers=workers,
@@ -71,8 +72,8 @@ def audit(
     except KeyboardInterrupt:
         raise Exit("interrupted", code=ExitStatus.INTERRUPTED) from None
     if json:
-        print(aud.report_json(report), end="")
+        print(report_json(report), end="")
     else:
-        print(aud.format_report(report, colour=colour, hosts=False), end="")
+        print(format_report(report, colour=colour, hosts=False), end="")
     if report.exit_code:
         raise Exit(code=int(report.exit_code))

@@ -406,7 +406,7 @@ def gather(
     status, audit and report readers each send their command. A source that fails is recorded
     in `errors` and the report goes on; ConfigError (bad input) is raised before anything is
     read."""
-    from opskit.audit import ops as audit
+    from opskit.audit import reader as audit
     from opskit.core.runner import RunContext, run_on_hosts
     from opskit.status import ops as status
 

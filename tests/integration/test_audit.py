@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 
 from opskit.audit import http as audit_http
-from opskit.audit import ops as audit
+from opskit.audit import output, reader
 from opskit.certs.ops import declared_certificates, tls_site_paths
+from opskit.checks.levels import Severity
 from opskit.core.inventory import Host, Inventory, load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.lab import ops as lab
@@ -61,14 +62,14 @@ def wait_for(what: str, check: Any, timeout: float = 15.0, times: int = 5) -> No
             time.sleep(0.2)
 
 
-def host_audit(inventory: Inventory, host: Host) -> audit.HostAudit:
+def host_audit(inventory: Inventory, host: Host) -> reader.HostAudit:
     """Audit `host` with the variables `inventory` gives it."""
-    [got] = audit.run(inventory, [inventory.host(host.name)]).hosts
+    [got] = reader.run(inventory, [inventory.host(host.name)]).hosts
     assert got.error is None, got.error
     return got
 
 
-def titles(h: audit.HostAudit, check: str) -> list[str]:
+def titles(h: reader.HostAudit, check: str) -> list[str]:
     return [f.title for f in h.findings if f.check == check]
 
 
@@ -126,7 +127,7 @@ def trusted(
 
 def test_01_clean_web_hosts_have_no_high_finding(trusted: Inventory, web: list[Host]) -> None:
     started = time.monotonic()
-    report = audit.run(trusted, [trusted.host(h.name) for h in web])
+    report = reader.run(trusted, [trusted.host(h.name) for h in web])
     TIMINGS["audit of the web hosts (library)"] = round(time.monotonic() - started, 2)
     for h in report.hosts:
         assert h.error is None and not h.unreachable, h.error
@@ -144,14 +145,14 @@ def test_01_clean_web_hosts_have_no_high_finding(trusted: Inventory, web: list[H
             "ports",
             "sshd-config",
         } <= set(h.checks)
-        bad = [f for f in h.findings if f.severity >= audit.Severity.HIGH]
-        assert bad == [], audit.format_host(h)
+        bad = [f for f in h.findings if f.severity >= Severity.HIGH]
+        assert bad == [], output.format_host(h)
         # What remains on the lab's web hosts, and why: the lab's base image bakes PostgreSQL
         # into every host (low: a stray local service), and nginx_hsts has no
         # includeSubDomains (info).
         left = {(f.check, f.severity.label) for f in h.findings}
         assert left <= {("ports", "low"), ("hsts", "info"), ("failed-logins", "info")}, left
-    print("\n" + audit.format_report(report))
+    print("\n" + output.format_report(report))
     started = time.monotonic()
     out = run_inv(trusted.path, "audit", "--hosts", ",".join(h.name for h in web), "--json")
     TIMINGS["inv audit --json, web hosts"] = round(time.monotonic() - started, 2)
@@ -186,7 +187,7 @@ def test_02_without_the_ca_file_the_lab_chain_is_not_trusted(
 
     h = host_audit(load_inventory(write_inventory(tmp_path, change)), web[0])
     [f] = [f for f in h.findings if f.check == "certificate"]
-    assert f.severity is audit.Severity.HIGH and "is not trusted" in f.title
+    assert f.severity is Severity.HIGH and "is not trusted" in f.title
     assert "audit_tls_ca_file" in f.fix and "Pebble Intermediate CA" in f.detail
 
 
@@ -218,7 +219,7 @@ def test_03_a_served_env_file_is_critical_and_provision_repairs_it(
         )
         got = host_audit(trusted, h)
         [f] = [f for f in got.findings if f.check == "exposed-files"]
-        assert (f.severity, f.title) == (audit.Severity.CRITICAL, f"/.env is served on {url}")
+        assert (f.severity, f.title) == (Severity.CRITICAL, f"/.env is served on {url}")
         assert "DB_PASSWORD, STRIPE_KEY (values not shown)" in f.detail
         assert f"inv provision --hosts {h.name} --roles nginx" in f.fix
         cli = run_inv(trusted.path, "audit", "--hosts", h.name)
@@ -262,8 +263,8 @@ def test_04_a_missing_hsts_header_is_found_and_provision_repairs_it(
         got = host_audit(trusted, h)
         found = [f for f in got.findings if f.check == "hsts"]
         assert [(f.severity, f.title) for f in found] == [
-            (audit.Severity.HIGH, f"no HSTS header on https://{name}/")
-        ], audit.format_host(got)
+            (Severity.HIGH, f"no HSTS header on https://{name}/")
+        ], output.format_host(got)
         assert "nginx_hsts" in found[0].fix and f"--hosts {h.name} --roles nginx" in found[0].fix
         assert all(d in found[0].detail for d in cert.domains[1:])  # one finding for the names
         fixed = run_inv(trusted.path, "provision", "--hosts", h.name, "--roles", "nginx")
@@ -295,7 +296,7 @@ def test_05_an_unknown_key_in_authorized_keys_is_found(
         sh(lab_spec, h.name, f"cat >> {path}", stdin=pub)
         got = host_audit(trusted, h)
         [f] = [f for f in got.findings if f.check == "authorized-keys"]
-        assert (f.severity, f.title) == (audit.Severity.HIGH, f"unknown key in {path}")
+        assert (f.severity, f.title) == (Severity.HIGH, f"unknown key in {path}")
         assert fingerprint in f.detail and "intruder@somewhere" in f.detail
         assert path in f.fix and "base_deploy_authorized_keys" in f.fix
 
@@ -330,7 +331,7 @@ def test_06_a_burst_of_failed_logins_is_counted_by_source_and_banned(
         made = out.count("Permission denied")
         assert made >= 5, out
 
-        def state() -> audit.HostAudit:
+        def state() -> reader.HostAudit:
             return host_audit(trusted, target)
 
         deadline = time.monotonic() + 20
@@ -343,7 +344,7 @@ def test_06_a_burst_of_failed_logins_is_counted_by_source_and_banned(
         [f] = [f for f in got.findings if f.check == "failed-logins"]
         assert f.title.startswith(f"{before + made} failed SSH logins from {source.address}")
         assert "nosuchuser" in f.detail and "banned now" in f.detail
-        assert f.severity is audit.Severity.INFO  # fail2ban dealt with it
+        assert f.severity is Severity.INFO  # fail2ban dealt with it
         if got.bans.failed_actions:  # the ban was recorded but its firewall action failed
             assert "fail2ban's bans block nothing" in titles(got, "fail2ban")
         cli = run_inv(trusted.path, "audit", "--hosts", target.name, "--json")
