@@ -184,6 +184,7 @@ def format_status(report: StatusReport) -> str:
 
 
 def status_json(report: StatusReport) -> str:
+    """`inv certs.status --json` (also the certificates section of `inv report`)."""
     hosts = []
     for h in report.hosts:
         certs = []

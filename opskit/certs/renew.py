@@ -287,6 +287,7 @@ def format_renew_host(r: RenewHost) -> str:
 
 
 def renew_summary(results: Sequence[RenewHost]) -> str:
+    """The last line of `certs.renew`: counts of outcomes and failed hosts."""
     certs = [c for r in results for c in r.certificates]
     counts = {k: sum(1 for c in certs if c.outcome == k) for k in ("renewed", "not due")}
     sim = sum(1 for c in certs if c.outcome == "simulated")
@@ -300,6 +301,7 @@ def renew_summary(results: Sequence[RenewHost]) -> str:
 
 
 def renew_json(results: Sequence[RenewHost], opts: RenewOptions) -> str:
+    """`inv certs.renew --json`: per host and certificate, what happened and the proof."""
     hosts = []
     for r in results:
         hosts.append(
