@@ -12,11 +12,11 @@ from opskit.core.errors import ConfigError, ExitStatus
 
 
 def _cert_hosts(inventory, hosts):
-    from opskit.certs import ops as certs
+    from opskit.certs.read import cert_hosts
 
     inv, selected = cli.load(inventory, hosts)
     try:
-        return inv, certs.cert_hosts(inv, selected, explicit=bool(hosts))
+        return inv, cert_hosts(inv, selected, explicit=bool(hosts))
     except ConfigError as exc:
         raise cli.usage_error(exc) from None
 
@@ -39,16 +39,16 @@ def certs_status(c, inventory=None, hosts=None, json=False, workers=8, ask_sudo_
     declared but missing, or nginx serves another one), else 1 a host could not be read, else
     4 one is in the warning window (certbot_warning_days), else 0.
     """
-    from opskit.certs import ops as certs
+    from opskit.certs import judge
 
     inv, selected = _cert_hosts(inventory, hosts)
     try:
-        report = certs.status(
+        report = judge.status(
             inv, selected, workers=workers, sudo_password=cli.ask_sudo_password(ask_sudo_pass)
         )
     except ConfigError as exc:
         raise cli.usage_error(exc) from None
-    print(certs.status_json(report) if json else certs.format_status(report), end="")
+    print(judge.status_json(report) if json else judge.format_status(report), end="")
     if report.exit_code:
         raise Exit(code=int(report.exit_code))
 
@@ -74,15 +74,15 @@ def certs_renew(
     ask_sudo_pass=False,
 ):
     """Renew certificates now, then prove nginx serves the renewed ones (the deploy hook ran)."""
-    from opskit.certs import ops as certs
+    from opskit.certs import renew
 
     inv, selected = _cert_hosts(inventory, hosts)
     if force and dry_run:
         raise Exit("error: --force and --dry-run exclude each other", code=ExitStatus.USAGE)
-    opts = certs.RenewOptions(force=force, dry_run=dry_run, cert=cert or None)
-    emit = None if json else (lambda r: print(certs.format_renew_host(r), end="", flush=True))
+    opts = renew.RenewOptions(force=force, dry_run=dry_run, cert=cert or None)
+    emit = None if json else (lambda r: print(renew.format_renew_host(r), end="", flush=True))
     try:
-        results = certs.renew(
+        results = renew.renew(
             inv,
             selected,
             opts,
@@ -96,6 +96,6 @@ def certs_renew(
         raise Exit(
             "interrupted: hosts not started were skipped", code=ExitStatus.INTERRUPTED
         ) from None
-    print(certs.renew_json(results, opts) if json else certs.renew_summary(results), end="")
+    print(renew.renew_json(results, opts) if json else renew.renew_summary(results), end="")
     if any(r.failed for r in results):
         raise Exit(code=ExitStatus.HOST_FAILED)

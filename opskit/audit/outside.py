@@ -16,7 +16,7 @@ from opskit.audit import http as audit_http
 from opskit.audit.findings import Finding, collapse
 from opskit.audit.settings import Settings
 from opskit.audit.tls import judge_certificate
-from opskit.certs.ops import declared_certificates
+from opskit.certs.spec import declared_certificates
 from opskit.checks.levels import Severity
 from opskit.core.inventory import Host
 

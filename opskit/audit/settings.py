@@ -12,7 +12,7 @@ from typing import Any
 
 from opskit.audit.keys import parse_key_line
 from opskit.audit.ports import PortRule, parse_port_rule
-from opskit.certs.ops import thresholds
+from opskit.certs.spec import thresholds
 from opskit.core.errors import ConfigError
 from opskit.core.inventory import Host, Inventory
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from opskit.audit import http as audit_http
 from opskit.audit.findings import Finding
 from opskit.audit.settings import Settings
-from opskit.certs.ops import parse_certificate
+from opskit.certs.read import parse_certificate
 from opskit.checks.levels import Severity
 
 

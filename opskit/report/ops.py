@@ -247,7 +247,8 @@ class _HostPass:
         from opskit.app import deploy
         from opskit.app import spec as app_spec
         from opskit.backup import ops as backup
-        from opskit.certs import ops as certs
+        from opskit.certs import read as certs_read
+        from opskit.certs import spec as certs_spec
 
         data, h = self.data, remote.host
         params = {
@@ -265,9 +266,9 @@ class _HostPass:
             self.note(f"history:{h.name}", exc, h)
         if "certbot" in h.roles:
             try:
-                declared = certs.declared_certificates(h.vars)
-                self.cert_settings[h.name] = certs.thresholds(h.vars)
-                self.cert_hosts[h.name] = certs.read_host(remote, declared)
+                declared = certs_spec.declared_certificates(h.vars)
+                self.cert_settings[h.name] = certs_spec.thresholds(h.vars)
+                self.cert_hosts[h.name] = certs_read.read_host(remote, declared)
             except (OpsError, ValueError) as exc:
                 self.note(f"certs:{h.name}", exc, h)
         if "app" in h.roles:
@@ -288,7 +289,9 @@ class _HostPass:
         """Judge the certificates as `inv certs.status --json` does; list backups in S3 (from
         this machine, even when the database host could not be read)."""
         from opskit.backup import ops as backup
-        from opskit.certs import ops as certs
+        from opskit.certs import judge as certs_judge
+        from opskit.certs import read as certs_read
+        from opskit.certs import spec as certs_spec
 
         data = self.data
         cert_targets = [h for h in hosts if "certbot" in h.roles]
@@ -302,11 +305,15 @@ class _HostPass:
                         f"certs:{h.name}", "?"
                     )
                     read.append(
-                        certs.HostCerts(h.name, error=err, unreachable=h.name in data.unreadable)
+                        certs_read.HostCerts(
+                            h.name, error=err, unreachable=h.name in data.unreadable
+                        )
                     )
-                    self.cert_settings.setdefault(h.name, certs.thresholds(h.vars))
+                    self.cert_settings.setdefault(h.name, certs_spec.thresholds(h.vars))
             data.certs = json.loads(
-                certs.status_json(certs.build_report(read, self.cert_settings, data.generated_at))
+                certs_judge.status_json(
+                    certs_judge.build_report(read, self.cert_settings, data.generated_at)
+                )
             )
         data.releases = [self.releases[h.name] for h in hosts if h.name in self.releases]
         for h in hosts:

@@ -31,7 +31,9 @@ from typing import Any
 from opskit.app import deploy
 from opskit.app import spec as app_spec
 from opskit.backup import ops as backup
-from opskit.certs import ops as certs
+from opskit.certs import judge as certs_judge
+from opskit.certs import read as certs_read
+from opskit.certs import spec as certs_spec
 from opskit.core.errors import ConfigError, OpsError
 from opskit.core.inventory import Host, Inventory
 from opskit.core.result import HostResult
@@ -129,7 +131,7 @@ class Settings:
     pm2_apps: tuple[str, ...]
     pm2_restarts: Pair
     app: app_spec.AppLayout | None
-    cert_specs: tuple[certs.CertSpec, ...] | None  # None: no certbot role
+    cert_specs: tuple[certs_spec.CertSpec, ...] | None  # None: no certbot role
     cert_days: tuple[int, int]  # warning, critical (days left below)
     backup: BackupSettings | None
     healthcheck: Pair | None  # minutes; None: no healthcheck role
@@ -294,7 +296,7 @@ def _settings(host: Host, samples: int | None) -> Settings:
     if "postgresql" in roles:
         db = _pair(v, "db_connections", fallback=None, default=(80, 95), percent=True)
     app = app_spec.AppLayout.from_vars(v) if "app" in roles else None
-    cert_specs = certs.declared_certificates(v) if "certbot" in roles else None
+    cert_specs = certs_spec.declared_certificates(v) if "certbot" in roles else None
     return Settings(
         samples=n,
         timeout=timeout,
@@ -318,7 +320,7 @@ def _settings(host: Host, samples: int | None) -> Settings:
         pm2_restarts=_pair(v, "pm2_restarts", fallback=fb("pm2_restarts"), default=(1, 5)),
         app=app,
         cert_specs=cert_specs,
-        cert_days=certs.thresholds(v) if cert_specs is not None else (30, 7),
+        cert_days=certs_spec.thresholds(v) if cert_specs is not None else (30, 7),
         backup=_backup_settings(host) if "backup" in roles else None,
         healthcheck=_healthcheck_pair(v) if hc else None,
         ungraded=_ungraded(v, roles),
@@ -569,11 +571,11 @@ def probe_config(s: Settings) -> dict[str, Any]:
 
 
 def remote_script(s: Settings) -> str:
-    """The one command that reads everything of a host: the certificates (certs.collect_script)
+    """The one command that reads everything of a host: the certificates (certs_read.collect_script)
     and releases (deploy.state_script) in subshells, then the probe; sections are marked."""
     parts = []
     if s.cert_specs is not None:
-        parts.append(f'echo "{_MARK} certs"\n( {certs.collect_script(s.cert_specs)} )')
+        parts.append(f'echo "{_MARK} certs"\n( {certs_read.collect_script(s.cert_specs)} )')
     if s.app is not None:
         parts.append(
             f'echo "{_MARK} release"\n( {deploy.state_script(s.app)} )\n'
@@ -941,11 +943,11 @@ def _pm2_metrics(s: Settings, part: Any, hc: Any, now: float) -> list[Metric]:
 
 def _cert_metrics(s: Settings, text: str, host: str, now: dt.datetime) -> list[Metric]:
     assert s.cert_specs is not None
-    found = certs.parse_collect(host, text, s.cert_specs)
+    found = certs_read.parse_collect(host, text, s.cert_specs)
     warning, critical = s.cert_days
     out = []
     for lineage in found.lineages:
-        st = certs.evaluate(
+        st = certs_judge.evaluate(
             lineage,
             now,
             warning_days=warning,
@@ -963,7 +965,7 @@ def _cert_metrics(s: Settings, text: str, host: str, now: dt.datetime) -> list[M
                 f"cert {lineage.name}",
                 st.days_left,
                 "days",
-                st.state.name.lower(),
+                st.state,
                 detail,
                 warning,
                 critical,

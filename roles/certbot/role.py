@@ -7,7 +7,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.certs import ops as certs
+from opskit.certs import spec as certs
+from opskit.certs.resources import Certificate, EnabledSite, NginxReload, NoDuplicateRenewCron
 from opskit.core.roles import REPO
 from opskit.resources import (
     Absent,
@@ -58,7 +59,7 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
         Template(certs.DEPLOY_HOOK, "certbot/50-opskit-nginx-reload.j2", tv, mode=0o755),
         # One scheduler: certbot.timer renews; crontab entries that also run `certbot renew`
         # (runbooks, Debian's own fallback in /etc/cron.d/certbot) are removed.
-        certs.NoDuplicateRenewCron(),
+        NoDuplicateRenewCron(),
         Service("certbot.timer"),
     ]
     if not declared:
@@ -67,10 +68,10 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
     out.append(Directory(webroot, 0o755))
     watch: list[str] = []
     for spec in declared:
-        cert = certs.Certificate(spec, str(v["certbot_acme_server"]), webroot, register)
+        cert = Certificate(spec, str(v["certbot_acme_server"]), webroot, register)
         available, enabled = certs.tls_site_paths(v, spec)
-        site = certs.EnabledSite(enabled, available)
+        site = EnabledSite(enabled, available)
         out += [cert, site]
         watch += [cert.id, site.id]
-    out.append(certs.NginxReload(tuple(watch)))
+    out.append(NginxReload(tuple(watch)))
     return out

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.certs import ops as certs
+from opskit.certs import spec as certs
 from opskit.core.errors import ConfigError
 from opskit.core.render import render
 from opskit.resources import Absent, File, Packages, Resource, Service, Template

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.certs.ops import read_ca_file
+from opskit.certs.spec import read_ca_file
 from opskit.core.errors import ConfigError
 from opskit.core.roles import REPO
 from opskit.resources import Directory, File, Packages, Resource, Service, Template

@@ -28,7 +28,7 @@ import pytest
 
 from opskit.audit import http as audit_http
 from opskit.audit import output, reader
-from opskit.certs.ops import declared_certificates, tls_site_paths
+from opskit.certs.spec import declared_certificates, tls_site_paths
 from opskit.checks.levels import Severity
 from opskit.core.inventory import Host, Inventory, load_inventory
 from opskit.core.runner import provision_work, run_on_hosts

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from opskit.certs import ops as certs
+from opskit.certs.read import CertInfo, parse_certificate
+from opskit.certs.spec import CertSpec, declared_certificates, tls_site_paths
 from opskit.core.inventory import Inventory, load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.fleet.verify import run_verify
@@ -40,7 +41,7 @@ BROKEN = "/etc/nginx/conf.d/zz-opskit-test-broken.conf"
 @pytest.fixture(scope="module")
 def web(lab_inventory: Inventory) -> list[Any]:
     hosts = [h for h in lab_inventory.hosts if "certbot" in h.roles]
-    if len(hosts) < 2 or not all(certs.declared_certificates(h.vars) for h in hosts):
+    if len(hosts) < 2 or not all(declared_certificates(h.vars) for h in hosts):
         pytest.fail(
             f"{lab_inventory.path}: needs two hosts with the certbot role and certbot_certificates"
             " (inventories/lab.yml's web group has them)"
@@ -48,11 +49,11 @@ def web(lab_inventory: Inventory) -> list[Any]:
     return hosts
 
 
-def main_cert(host: Any) -> certs.CertSpec:
-    return certs.declared_certificates(host.vars)[0]
+def main_cert(host: Any) -> CertSpec:
+    return declared_certificates(host.vars)[0]
 
 
-def served(address: str, sni: str) -> certs.CertInfo:
+def served(address: str, sni: str) -> CertInfo:
     """The certificate a TLS client gets from address:443 for `sni` (operator side)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -63,7 +64,7 @@ def served(address: str, sni: str) -> certs.CertInfo:
     ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return certs.parse_certificate(ssl.DER_cert_to_PEM_cert(der).encode())
+    return parse_certificate(ssl.DER_cert_to_PEM_cert(der).encode())
 
 
 def http_head(address: str, host_header: str, path: str = "/", port: int = 80) -> str:
@@ -104,7 +105,7 @@ def snapshot(spec: lab.LabSpec, host: str) -> str:
     return lab.exec_in(spec, host, ["bash", "-c", script]).stdout
 
 
-def make_expiring(spec: lab.LabSpec, host: str, cert: certs.CertSpec, days: int) -> None:
+def make_expiring(spec: lab.LabSpec, host: str, cert: CertSpec, days: int) -> None:
     """Re-sign the lineage's certificate with its own key, valid for `days` from now."""
     sans = ",".join(f"DNS:{d}" for d in cert.domains)
     script = f"""set -e
@@ -119,16 +120,16 @@ nginx -t 2>/dev/null && systemctl reload nginx
     assert done.returncode == 0, done.stderr
 
 
-def wait_served(address: str, cert: certs.CertSpec, fingerprint: str) -> None:
+def wait_served(address: str, cert: CertSpec, fingerprint: str) -> None:
     deadline = time.monotonic() + 15
     while served(address, cert.domains[0]).fingerprint != fingerprint:
         assert time.monotonic() < deadline, "nginx did not pick up the certificate"
         time.sleep(0.3)
 
 
-def disk_fingerprint(spec: lab.LabSpec, host: str, cert: certs.CertSpec) -> str:
+def disk_fingerprint(spec: lab.LabSpec, host: str, cert: CertSpec) -> str:
     pem = lab.exec_in(spec, host, ["cat", f"/etc/letsencrypt/live/{cert.name}/cert.pem"]).stdout
-    return certs.parse_certificate(pem.encode()).fingerprint
+    return parse_certificate(pem.encode()).fingerprint
 
 
 # --- issue, converge, verify -----------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_01_first_provision_issues_the_certificates_and_serves_https(lab_invento
         cert = main_cert(h)
         made = {c.resource: c.summary for c in r.changes if c.changed}
         assert made[f"certificate:{cert.name}"].startswith("issue for ")
-        _, enabled = certs.tls_site_paths(h.vars, cert)
+        _, enabled = tls_site_paths(h.vars, cert)
         assert made[f"symlink:{enabled}"] == "enable"
         got = served(h.address, cert.domains[0])
         assert set(cert.domains) <= set(got.names)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from opskit.certs import ops as certs
+from opskit.certs import spec as certs
 from opskit.core.inventory import Host, Inventory, load_inventory
 from opskit.core.remote import connect
 from opskit.core.roles import REPO

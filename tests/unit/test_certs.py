@@ -1,4 +1,4 @@
-"""Certificates (opskit/certs.py, roles/certbot, the TLS part of roles/nginx): pure logic, the
+"""Certificates (opskit/certs/, roles/certbot, the TLS part of roles/nginx): pure logic, the
 role's shell run locally where it touches only paths we give it, and certificates made here
 with `cryptography`."""
 
@@ -16,20 +16,39 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from opskit.certs import ops as certs
-from opskit.certs.ops import (
-    Certificate,
+from opskit.certs.judge import (
+    CertStatus,
+    StatusReport,
+    build_report,
+    evaluate,
+    format_status,
+    status_json,
+)
+from opskit.certs.read import (
     CertInfo,
-    CertsExit,
-    CertSpec,
-    Health,
     HookRun,
     HostCerts,
     Lineage,
-    NoDuplicateRenewCron,
-    RenewOptions,
+    collect_script,
+    parse_certificate,
+    parse_collect,
 )
-from opskit.core.errors import ConfigError, OpsError
+from opskit.certs.renew import RenewOptions, judge_renewal, renew_script
+from opskit.certs.resources import Certificate, NoDuplicateRenewCron, plan_cron_fixes
+from opskit.certs.spec import (
+    CA_FILE,
+    DEPLOY_HOOK,
+    ENV_FILE,
+    EXIT_ACME_UNREACHABLE,
+    WRAPPER,
+    CertSpec,
+    check_vars,
+    declared_certificates,
+    read_ca_file,
+    register_args,
+    tls_site_paths,
+)
+from opskit.core.errors import ConfigError, ExitStatus, OpsError
 from opskit.core.render import render
 from opskit.core.roles import available_roles
 from opskit.lab.standins import pebble
@@ -76,16 +95,14 @@ def make_pem(names, *, days=90, issuer="Test CA", age_days=1):
 
 
 def info(names=SHOP.domains, *, days_left=60, issuer="Test CA"):
-    return certs.parse_certificate(
-        make_pem(list(names), days=days_left + 10, issuer=issuer, age_days=10)
-    )
+    return parse_certificate(make_pem(list(names), days=days_left + 10, issuer=issuer, age_days=10))
 
 
 # --- declarations -------------------------------------------------------------------------------
 
 
 def test_declared_certificates_default_their_name_to_the_first_domain():
-    got = certs.declared_certificates(
+    got = declared_certificates(
         {
             "certbot_certificates": [
                 {"domains": ["a.example"]},
@@ -109,41 +126,41 @@ def test_declared_certificates_default_their_name_to_the_first_domain():
 )
 def test_bad_certificate_declarations_name_the_entry(raw, message):
     with pytest.raises(ConfigError, match="certbot_certificates\\[0\\]") as exc:
-        certs.declared_certificates({"certbot_certificates": [raw]})
+        declared_certificates({"certbot_certificates": [raw]})
     assert message in str(exc.value)
 
 
 def test_a_name_in_two_certificates_is_refused():
     with pytest.raises(ConfigError, match=r"'a.example' is already in certbot_certificates\[0\]"):
-        certs.declared_certificates(
+        declared_certificates(
             {"certbot_certificates": [{"domains": ["a.example"]}, {"domains": ["a.example"]}]}
         )
 
 
 def test_issuing_needs_the_terms_agreed_an_https_directory_and_nginx():
     with pytest.raises(ConfigError, match="certbot_agree_tos"):
-        certs.check_vars(host_vars(certbot_agree_tos=False))
+        check_vars(host_vars(certbot_agree_tos=False))
     with pytest.raises(ConfigError, match="certbot_acme_server"):
-        certs.check_vars(host_vars(certbot_acme_server="http://ca.example/dir"))
+        check_vars(host_vars(certbot_acme_server="http://ca.example/dir"))
     with pytest.raises(ConfigError, match="certbot_critical_days"):
-        certs.check_vars(host_vars(certbot_critical_days=40))
+        check_vars(host_vars(certbot_critical_days=40))
     v = host_vars()
     del v["nginx_server_names"]
     with pytest.raises(ConfigError, match="needs the nginx role"):
-        certs.check_vars(v)
+        check_vars(v)
     # Without certificates nothing is issued: agreeing is not needed.
-    assert certs.check_vars(host_vars(certbot_agree_tos=False, certbot_certificates=[])) == ()
+    assert check_vars(host_vars(certbot_agree_tos=False, certbot_certificates=[])) == ()
 
 
 def test_the_ca_file_must_exist_and_hold_a_certificate(tmp_path):
     with pytest.raises(ConfigError, match="certbot_acme_ca_file: cannot read"):
-        certs.read_ca_file(str(tmp_path / "nope.pem"), tmp_path)
+        read_ca_file(str(tmp_path / "nope.pem"), tmp_path)
     (tmp_path / "x.pem").write_text("not a cert")
     with pytest.raises(ConfigError, match="holds no PEM certificate"):
-        certs.read_ca_file("x.pem", tmp_path)
+        read_ca_file("x.pem", tmp_path)
     (tmp_path / "ca.pem").write_bytes(make_pem(["ca.example"]))
-    assert "BEGIN CERTIFICATE" in certs.read_ca_file("ca.pem", tmp_path)
-    assert certs.read_ca_file("", tmp_path) is None
+    assert "BEGIN CERTIFICATE" in read_ca_file("ca.pem", tmp_path)
+    assert read_ca_file("", tmp_path) is None
 
 
 # --- the roles' resources -----------------------------------------------------------------------
@@ -191,17 +208,15 @@ def test_certbot_issues_before_it_enables_the_site_and_reloads_once(tmp_path):
     ids = [r.id for r in res]
     cert = ids.index("certificate:shop.example.com")
     link = ids.index("symlink:/etc/nginx/sites-enabled/opskit-shop-tls-shop.example.com.conf")
-    assert (
-        ids.index(f"file:{certs.WRAPPER}") < cert < link < ids.index("reload:nginx (certificates)")
-    )
-    assert ids.index(f"file:{certs.DEPLOY_HOOK}") < cert
-    env = next(r for r in res if r.id == f"file:{certs.ENV_FILE}")
-    assert f"REQUESTS_CA_BUNDLE={certs.CA_FILE}" in env.content
-    assert next(r for r in res if r.id == f"file:{certs.CA_FILE}").content == ca.read_text()
+    assert ids.index(f"file:{WRAPPER}") < cert < link < ids.index("reload:nginx (certificates)")
+    assert ids.index(f"file:{DEPLOY_HOOK}") < cert
+    env = next(r for r in res if r.id == f"file:{ENV_FILE}")
+    assert f"REQUESTS_CA_BUNDLE={CA_FILE}" in env.content
+    assert next(r for r in res if r.id == f"file:{CA_FILE}").content == ca.read_text()
     # Production: no private CA, its file is kept absent, the environment names nothing.
     prod = role("certbot").resources(host_vars())
-    assert f"absent:{certs.CA_FILE}" in [r.id for r in prod]
-    env = next(r for r in prod if r.id == f"file:{certs.ENV_FILE}")
+    assert f"absent:{CA_FILE}" in [r.id for r in prod]
+    env = next(r for r in prod if r.id == f"file:{ENV_FILE}")
     assert "REQUESTS_CA_BUNDLE" not in env.content
 
 
@@ -215,7 +230,7 @@ def test_certbot_without_certificates_issues_nothing():
 
 
 def cert_res(spec=SHOP, server=SERVER):
-    return Certificate(spec, server, "/var/www/letsencrypt", certs.register_args({}))
+    return Certificate(spec, server, "/var/www/letsencrypt", register_args({}))
 
 
 def test_certificate_plan_issue_reissue_or_nothing():
@@ -258,7 +273,7 @@ def test_certificate_probe_asks_the_acme_server_only_when_it_must_issue(tmp_path
 
 def test_certificate_script_goes_through_the_wrapper_with_the_check():
     script = cert_res().script(cert_res().plan("conf -\nsans \nacme 0 200\n", frozenset()))
-    assert script.startswith(f"if ! _opskit_out=$({certs.WRAPPER} --check {SERVER} -- certonly ")
+    assert script.startswith(f"if ! _opskit_out=$({WRAPPER} --check {SERVER} -- certonly ")
     assert "--webroot --webroot-path /var/www/letsencrypt --cert-name shop.example.com" in script
     assert "-d shop.example.com -d www.shop.example.com" in script
     assert "--register-unsafely-without-email" in script and "--force-renewal" not in script
@@ -302,11 +317,11 @@ def test_a_users_crontab_keeps_its_other_jobs():
         "# DO NOT EDIT THIS FILE - edit the master and reinstall.\n# (/tmp/x installed)\n"
         "# (Cron version -- $Id$)\n@daily /usr/bin/certbot renew\n@hourly /bin/true\n"
     )
-    [fix] = certs.plan_cron_fixes([("user", "root", spool)])
+    [fix] = plan_cron_fixes([("user", "root", spool)])
     assert fix.removed == ("@daily /usr/bin/certbot renew",) and fix.new_content == (
         "@hourly /bin/true\n"
     )
-    [gone] = certs.plan_cron_fixes([("user", "ops", "0 1 * * * certbot renew\n")])
+    [gone] = plan_cron_fixes([("user", "ops", "0 1 * * * certbot renew\n")])
     assert gone.new_content is None
     script = NoDuplicateRenewCron().script(
         NoDuplicateRenewCron().plan(
@@ -327,54 +342,57 @@ def lineage(disk, served="same", declared=SHOP):
 @pytest.mark.parametrize(
     ("days", "state", "problem"),
     [
-        (60, Health.OK, None),
-        (29, Health.WARNING, "expires in 29 days (warning below 30)"),
-        (6, Health.CRITICAL, "expires in 6 day(s) (critical below 7)"),
-        (-2, Health.CRITICAL, "EXPIRED on"),
+        (60, "ok", None),
+        (29, "warning", "expires in 29 days (warning below 30)"),
+        (6, "critical", "expires in 6 day(s) (critical below 7)"),
+        (-2, "critical", "EXPIRED on"),
     ],
 )
 def test_expiry_against_the_thresholds(days, state, problem):
-    s = certs.evaluate(lineage(info(days_left=days)), NOW, warning_days=30, critical_days=7)
-    assert s.state is state and s.served == "same"
+    s = evaluate(lineage(info(days_left=days)), NOW, warning_days=30, critical_days=7)
+    assert s.state == state and s.served == "same"
     assert (problem is None and not s.problems) or problem in s.problems[0]
 
 
 def test_a_served_certificate_other_than_the_one_on_disk_is_critical():
     hook = HookRun("2026-11-23T11:00:00Z", SHOP.name, "failed", "nginx -t failed")
-    s = certs.evaluate(
+    s = evaluate(
         lineage(info(), served=info(days_left=3)),
         NOW,
         warning_days=30,
         critical_days=7,
         last_hook=hook,
     )
-    assert s.state is Health.CRITICAL and s.served == "different"
+    assert s.state == "critical" and s.served == "different"
     assert "has not been reloaded" in s.problems[0] and "nginx -t failed" in s.problems[0]
-    none = certs.evaluate(lineage(info(), served=None), NOW, warning_days=30, critical_days=7)
-    assert none.served == "none" and none.state is Health.CRITICAL
-    missing = certs.evaluate(lineage(None), NOW, warning_days=30, critical_days=7)
-    assert missing.state is Health.CRITICAL and "not issued" in missing.problems[0]
+    none = evaluate(lineage(info(), served=None), NOW, warning_days=30, critical_days=7)
+    assert none.served == "none" and none.state == "critical"
+    missing = evaluate(lineage(None), NOW, warning_days=30, critical_days=7)
+    assert missing.state == "critical" and "not issued" in missing.problems[0]
 
 
 def test_a_lineage_the_inventory_does_not_declare_is_reported_not_judged_on_serving():
-    s = certs.evaluate(
-        lineage(info(), served=None, declared=None), NOW, warning_days=30, critical_days=7
-    )
-    assert s.state is Health.OK and "not declared" in s.problems[0]
+    s = evaluate(lineage(info(), served=None, declared=None), NOW, warning_days=30, critical_days=7)
+    assert s.state == "ok" and "not declared" in s.problems[0]
 
 
 def test_exit_code_is_the_worst_state():
     def report(*states, failed=False):
         hosts = [HostCerts("a")] + ([HostCerts("b", error="unreachable")] if failed else [])
-        statuses = tuple(
-            certs.CertStatus("a", lineage(info()), st, 60, "same", ()) for st in states
-        )
-        return certs.StatusReport(tuple(hosts), statuses, NOW)
+        statuses = tuple(CertStatus("a", lineage(info()), st, 60, "same", ()) for st in states)
+        return StatusReport(tuple(hosts), statuses, NOW)
 
-    assert report(Health.OK).exit_code is CertsExit.OK
-    assert report(Health.OK, Health.WARNING).exit_code is CertsExit.WARNING
-    assert report(Health.WARNING, failed=True).exit_code is CertsExit.HOST_FAILED
-    assert report(Health.CRITICAL, failed=True).exit_code is CertsExit.CRITICAL
+    assert report("ok").exit_code is ExitStatus.OK
+    assert report("ok", "warning").exit_code is ExitStatus.WARNING
+    assert report("warning", failed=True).exit_code is ExitStatus.HOST_FAILED
+    assert report("critical", failed=True).exit_code is ExitStatus.CRITICAL
+    assert report().exit_code is ExitStatus.OK and report().worst == "ok"
+    # The scheme every judging task shares: 5 critical, else 1 unreadable, else 4 warning.
+    assert [int(report(*st).exit_code) for st in (("warning",), ("critical", "warning"))] == [4, 5]
+    assert report("warning", "critical", "ok").worst == "critical"
+    text = format_status(report("ok", "warning", "critical", "warning"))
+    assert "1 ok, 2 warning, 1 critical; 0 host(s) not read (exit 5)" in text
+    assert "  warning   shop.example.com" in text
 
 
 def b64(data: bytes) -> str:
@@ -389,24 +407,24 @@ def test_collect_output_is_parsed_into_lineages():
         f"served {b64(disk)}\n@@cert old.example.com\nserver \n"
         f"@@timer enabled|active\n@@hookcount 7\n@@hook {b64(hook)}\n"
     )
-    h = certs.parse_collect("web1", out, [SHOP])
+    h = parse_collect("web1", out, [SHOP])
     shop, old = h.lineages
     assert shop.declared == SHOP and shop.disk and shop.disk.issuer.startswith("Pebble")
     assert shop.served == shop.disk and shop.server == SERVER
     assert old.declared is None and old.disk is None
     assert h.timer == "enabled|active" and h.hook_count == 7
     assert h.last_hook("shop.example.com").result == "reloaded"
-    report = certs.build_report([h], {"web1": (30, 7)}, NOW)
-    text = certs.format_status(report)
+    report = build_report([h], {"web1": (30, 7)}, NOW)
+    text = format_status(report)
     assert "served=disk" in text and "Pebble Intermediate CA 1a2b3c" in text
-    data = json.loads(certs.status_json(report))
+    data = json.loads(status_json(report))
     [first, _] = data["hosts"][0]["certificates"]
     assert first["served_matches_disk"] is True and first["days_left"] == 89
     assert first["issuer"] == "Pebble Intermediate CA 1a2b3c"
 
 
 def test_collect_script_is_valid_bash_and_reads_nothing_it_should_not():
-    script = certs.collect_script([SHOP])
+    script = collect_script([SHOP])
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert "127.0.0.1:443" in script and "rm " not in script and "> " not in script
 
@@ -422,7 +440,7 @@ def host_with(disk, served, hooks=(), count=0):
 
 def judge(before, after, opts=None, code=0, output=""):
     opts = opts or RenewOptions()
-    return certs.judge_renewal(before, after, [SHOP.name], opts, {SHOP.name: code}, output)[0]
+    return judge_renewal(before, after, [SHOP.name], opts, {SHOP.name: code}, output)[0]
 
 
 def test_a_renewal_is_proven_by_the_served_certificate():
@@ -442,7 +460,7 @@ def test_not_due_unreachable_and_dry_run():
     c = info(days_left=80)
     assert judge(host_with(c, c), host_with(c, c)).outcome == "not due"
     down = "opskit-certbot: the ACME server X does not answer from web1 (refused)\n@@rc 69\n"
-    r = judge(host_with(c, c), host_with(c, c), code=certs.EXIT_ACME_UNREACHABLE, output=down)
+    r = judge(host_with(c, c), host_with(c, c), code=EXIT_ACME_UNREACHABLE, output=down)
     assert (
         r.failed
         and r.detail == "opskit-certbot: the ACME server X does not answer from web1 (refused)"
@@ -455,7 +473,7 @@ def test_not_due_unreachable_and_dry_run():
 
 
 def test_a_dry_run_names_the_server_of_each_lineage():
-    script = certs.renew_script(
+    script = renew_script(
         [("a", "https://one/dir"), ("b", "https://two/dir")], RenewOptions(dry_run=True)
     )
     lines = script.splitlines()
@@ -468,7 +486,7 @@ def test_a_dry_run_names_the_server_of_each_lineage():
 def test_wrapper_refuses_to_run_certbot_when_the_acme_server_does_not_answer(tmp_path):
     v = {
         "certbot_env_file": str(tmp_path / "env"),
-        "certbot_exit_unreachable": certs.EXIT_ACME_UNREACHABLE,
+        "certbot_exit_unreachable": EXIT_ACME_UNREACHABLE,
         "certbot_register_args": "--agree-tos",
     }
     wrapper = tmp_path / "opskit-certbot"
@@ -478,7 +496,7 @@ def test_wrapper_refuses_to_run_certbot_when_the_acme_server_does_not_answer(tmp
         capture_output=True,
         text=True,
     )
-    assert p.returncode == certs.EXIT_ACME_UNREACHABLE
+    assert p.returncode == EXIT_ACME_UNREACHABLE
     assert "does not answer" in p.stderr and "nothing was changed" in p.stderr
 
 
@@ -535,7 +553,7 @@ def test_the_lab_inventorys_web_hosts_have_every_resource_once(tmp_path):
         assert "certbot" in host.roles
         ids = [r.id for r in role_resources(host, host.roles)]
         assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
-        spec = certs.declared_certificates(host.vars)[0]
-        available, enabled = certs.tls_site_paths(host.vars, spec)
+        spec = declared_certificates(host.vars)[0]
+        available, enabled = tls_site_paths(host.vars, spec)
         assert ids.index(f"file:{available}") < ids.index(f"certificate:{spec.name}")
         assert ids.index(f"certificate:{spec.name}") < ids.index(f"symlink:{enabled}")
