@@ -175,9 +175,9 @@ def wait_gone(pids: Collection[int], timeout: float) -> list[int]:
     while True:
         for pid in pids:
             reap(pid)
-        alive = [p for p in pids if alive(p)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
+        living = [p for p in pids if alive(p)]
+        if not living or time.monotonic() >= deadline:
+            return living
         time.sleep(0.1)
 
 
