@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 
 from opskit.core.roles import REPO
-from opskit.lab import ops as lab
+from opskit.lab import lifecycle
+from opskit.lab.nspawn import exec_in
+from opskit.lab.spec import LabSpec, load_lab_spec
 
 STATE_DIR = Path("/var/lib/opskit/lab-bench")
 BRIDGE = "opskit8"
@@ -90,24 +92,24 @@ def write_inventory(n: int, path: Path) -> Path:
     return path
 
 
-def spec_for(n: int) -> lab.LabSpec:
-    return lab.load_lab_spec(write_inventory(n, STATE_DIR / f"lab-{n}.yml"))
+def spec_for(n: int) -> LabSpec:
+    return load_lab_spec(write_inventory(n, STATE_DIR / f"lab-{n}.yml"))
 
 
-def up(n: int, *, fresh: bool, progress: Progress) -> tuple[lab.LabSpec, float]:
+def up(n: int, *, fresh: bool, progress: Progress) -> tuple[LabSpec, float]:
     """Boot (or keep) hosts b8h01..b8hNN in batches and prepare them; returns (spec, seconds)."""
     spec = spec_for(n)
-    lab.raise_limits(progress)
+    lifecycle.raise_limits(progress)
     started = time.monotonic()
     names = host_names(n)
-    running = {s.name for s in lab.status(spec) if s.state == "running" and s.ssh_ready}
+    running = {s.name for s in lifecycle.status(spec) if s.state == "running" and s.ssh_ready}
     todo = names if fresh else [h for h in names if h not in running]
     for k in range(0, len(todo), BOOT_BATCH):
         batch = todo[k : k + BOOT_BATCH]
         progress(f"booting {', '.join(batch)}")
-        lab.up(spec, fresh=fresh, hosts=batch)
+        lifecycle.up(spec, fresh=fresh, hosts=batch)
     if not todo:
-        lab.up(spec, hosts=names)  # network, services and known_hosts, all kept as they are
+        lifecycle.up(spec, hosts=names)  # network, services and known_hosts, all kept as they are
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda h: prepare(spec, h, progress), names))
     return spec, time.monotonic() - started
@@ -137,18 +139,18 @@ fi
 """
 
 
-def prepare(spec: lab.LabSpec, name: str, progress: Progress) -> None:
+def prepare(spec: LabSpec, name: str, progress: Progress) -> None:
     """Make one host ready for the benchmark (idempotent, no SSH)."""
     run_in(spec, name, PREPARE, what="prepare")
 
 
-def run_in(spec: lab.LabSpec, name: str, script: str, *, what: str) -> str:
+def run_in(spec: LabSpec, name: str, script: str, *, what: str) -> str:
     """Run a bash script as root inside a host (nsenter: no sshd session, nothing counted)."""
-    res = lab.exec_in(spec, name, ["bash", "-c", script], timeout=300)
+    res = exec_in(spec, name, ["bash", "-c", script], timeout=300)
     if res.returncode != 0:
         raise RuntimeError(f"[{name}] {what} failed (exit {res.returncode}):\n{res.stderr[-2000:]}")
     return res.stdout
 
 
 def down(n: int) -> None:
-    lab.down(spec_for(n))
+    lifecycle.down(spec_for(n))

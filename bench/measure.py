@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import labs, tools
-from opskit.lab import ops as lab
+from opskit.lab.nspawn import exec_in
+from opskit.lab.spec import LabSpec
 
 
 @dataclass(frozen=True)
@@ -151,14 +152,14 @@ def host_cpu(names: Sequence[str]) -> float | None:
 # --- remote commands from sshd's logs -------------------------------------------------------
 
 
-def _journal(spec: lab.LabSpec, name: str, args: Sequence[str]) -> str:
-    res = lab.exec_in(spec, name, ["journalctl", "-q", *args], timeout=60)
+def _journal(spec: LabSpec, name: str, args: Sequence[str]) -> str:
+    res = exec_in(spec, name, ["journalctl", "-q", *args], timeout=60)
     if res.returncode != 0:
         raise RuntimeError(f"[{name}] journalctl failed: {res.stderr.strip()}")
     return res.stdout
 
 
-def cursors(spec: lab.LabSpec, names: Sequence[str]) -> dict[str, str]:
+def cursors(spec: LabSpec, names: Sequence[str]) -> dict[str, str]:
     """Each host's current journal cursor."""
 
     def one(name: str) -> str:
@@ -183,9 +184,7 @@ def count_sessions(text: str) -> tuple[int, int]:
     return sessions, logins
 
 
-def sessions_since(
-    spec: lab.LabSpec, marks: dict[str, str]
-) -> tuple[dict[str, int], dict[str, int]]:
+def sessions_since(spec: LabSpec, marks: dict[str, str]) -> tuple[dict[str, int], dict[str, int]]:
     """Sessions and logins per host that sshd logged after the cursors in `marks`."""
 
     def one(name: str) -> tuple[int, int]:
@@ -207,7 +206,7 @@ def sessions_since(
 
 
 def run_step(
-    spec: lab.LabSpec, tool: str, step: str, n: int, rnd: int, *, workers: int | None = None
+    spec: LabSpec, tool: str, step: str, n: int, rnd: int, *, workers: int | None = None
 ) -> Step:
     names = labs.host_names(n)
     cmd = tools.command(tool, step, n, workers=workers)

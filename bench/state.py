@@ -1,9 +1,9 @@
 """What the slice leaves on a host, read without SSH, and how to take it away again.
 
 `snapshot()` reads every path of the slice (type, mode, owner, group, sha256), the packages and
-the services through nsenter (opskit.lab.ops.exec_in), so reading it sends no SSH session and is not
-counted. `reset()` removes what the slice manages (files, directories, cron entries) and disables
-and stops cron: the next converge starts from the state a fresh host has.
+the services through nsenter (opskit.lab.nspawn.exec_in), so reading it sends no SSH session and is
+not counted. `reset()` removes what the slice manages (files, directories, cron entries) and
+disables and stops cron: the next converge starts from the state a fresh host has.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 
 from bench import labs
 from opskit.core.roles import REPO
-from opskit.lab import ops as lab
+from opskit.lab.spec import LabSpec
 
 DEFAULTS = REPO / "bench" / "roles" / "benchslice" / "defaults.yml"
 
@@ -56,7 +56,7 @@ def snapshot_script() -> str:
     return "\n".join(lines) + "\n"
 
 
-def snapshot(spec: lab.LabSpec, name: str) -> list[str]:
+def snapshot(spec: LabSpec, name: str) -> list[str]:
     """One line per path, package and service of the slice, as the host has them now."""
     out = labs.run_in(spec, name, snapshot_script(), what="snapshot")
     return [" ".join(line.split()) for line in out.splitlines() if line.strip()]
@@ -67,5 +67,5 @@ def reset_script() -> str:
     return f"set -e\nrm -rf -- {quoted}\nsystemctl disable -q --now cron\n"
 
 
-def reset(spec: lab.LabSpec, name: str) -> None:
+def reset(spec: LabSpec, name: str) -> None:
     labs.run_in(spec, name, reset_script(), what="reset")

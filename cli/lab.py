@@ -9,7 +9,8 @@ from invoke.exceptions import Exit
 from cli import common as cli
 from cli.common import H, task
 from opskit.core.errors import ExitStatus
-from opskit.lab import ops as labmod
+from opskit.lab import lifecycle, registry
+from opskit.lab.spec import LabError, load_lab_spec
 
 # --- the lab -------------------------------------------------------------------------------
 
@@ -17,8 +18,8 @@ from opskit.lab import ops as labmod
 def _lab_spec(inventory):
     path = cli.inventory_path(inventory)
     try:
-        return labmod.load_lab_spec(path)
-    except labmod.LabError as exc:
+        return load_lab_spec(path)
+    except LabError as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
 
 
@@ -40,13 +41,13 @@ def lab_up(c, inventory=None, fresh=False, hosts=None):
     spec = _lab_spec(inventory)
     started = time.monotonic()
     try:
-        rows = labmod.up(
+        rows = lifecycle.up(
             spec,
             fresh=fresh,
             hosts=hosts.split(",") if hosts else None,
             progress=lambda msg: print(f"lab: {msg}", flush=True),
         )
-    except labmod.LabError as exc:
+    except LabError as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
     _print_status(rows)
     print(f"lab up in {time.monotonic() - started:.1f} s")
@@ -57,8 +58,8 @@ def lab_down(c, inventory=None):
     """Power the lab's hosts off and remove their network; safe after a crash."""
     spec = _lab_spec(inventory)
     try:
-        labmod.down(spec, progress=lambda msg: print(f"lab: {msg}", flush=True))
-    except labmod.LabError as exc:
+        lifecycle.down(spec, progress=lambda msg: print(f"lab: {msg}", flush=True))
+    except LabError as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
     print("lab down")
 
@@ -66,7 +67,7 @@ def lab_down(c, inventory=None):
 @task(help=H("inventory"))
 def lab_status(c, inventory=None):
     """Show each lab host: running or not, address, SSH reachable."""
-    rows = labmod.status(_lab_spec(inventory))
+    rows = lifecycle.status(_lab_spec(inventory))
     _print_status(rows)
     if any(not s.ssh_ready for s in rows):
         raise Exit(code=ExitStatus.HOST_FAILED)
@@ -81,13 +82,11 @@ def lab_status(c, inventory=None):
 )
 def lab_inbox(c, inventory=None, service=None, last=20):
     """Show what the lab's stand-in services received (Slack alerts, heartbeats, ...)."""
-    from opskit.lab import standins as labsvc
-
     spec = _lab_spec(inventory)
-    for svc in labsvc.SERVICES:
+    for svc in registry.SERVICES:
         if (service and svc.name != service) or svc.name == "aptproxy":
             continue
-        items = labsvc.read_inbox(spec, svc.name)
-        print(f"== {svc.name} ({len(items)} received, {labsvc.service_url(spec, svc.name)})")
+        items = registry.read_inbox(spec, svc.name)
+        print(f"== {svc.name} ({len(items)} received, {registry.service_url(spec, svc.name)})")
         for item in items[-last:]:
-            print("  " + labsvc.describe_item(svc.name, item))
+            print("  " + registry.describe_item(svc.name, item))

@@ -19,7 +19,8 @@ import yaml
 
 from opskit.core.inventory import Inventory, load_inventory
 from opskit.core.roles import REPO
-from opskit.lab import ops as lab
+from opskit.lab import lifecycle
+from opskit.lab.spec import LabSpec, load_lab_spec
 
 # A developer can point the tests at a lab of their own (another bridge, subnet and host names)
 # so that two labs run side by side; CI uses the embedded default.
@@ -33,20 +34,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def lab_spec() -> Iterator[lab.LabSpec]:
+def lab_spec() -> Iterator[LabSpec]:
     if os.geteuid() != 0:
         pytest.fail("integration tests boot lab hosts and need root (run: sudo bash scripts/test)")
     missing = [t for t in ("debootstrap", "systemd-nspawn", "ip", "ssh") if not shutil.which(t)]
     if missing:
         pytest.fail(f"missing {', '.join(missing)}: run bash scripts/bootstrap")
-    spec = lab.load_lab_spec(LAB_INVENTORY)
-    lab.up(spec, fresh=True, progress=lambda m: print(f"lab: {m}", file=sys.stderr))
+    spec = load_lab_spec(LAB_INVENTORY)
+    lifecycle.up(spec, fresh=True, progress=lambda m: print(f"lab: {m}", file=sys.stderr))
     yield spec
-    lab.down(spec)
+    lifecycle.down(spec)
 
 
 @pytest.fixture(scope="session")
-def lab_inventory(lab_spec: lab.LabSpec) -> Inventory:
+def lab_inventory(lab_spec: LabSpec) -> Inventory:
     return load_inventory(LAB_INVENTORY)
 
 

@@ -32,7 +32,9 @@ from opskit.certs.spec import declared_certificates, tls_site_paths
 from opskit.checks.levels import Severity
 from opskit.core.inventory import Host, Inventory, load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
-from opskit.lab import ops as lab
+from opskit.lab import lifecycle
+from opskit.lab.nspawn import exec_in
+from opskit.lab.spec import LabSpec, lab_network
 from tests.integration.conftest import inv, write_inventory
 
 TIMINGS: dict[str, Any] = {}
@@ -44,8 +46,8 @@ def run_inv(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return inv(*args, env={"OPSKIT_INVENTORY": str(path)})
 
 
-def sh(spec: lab.LabSpec, host: str, script: str, stdin: str | None = None) -> str:
-    done = lab.exec_in(spec, host, ["bash", "-c", script], input=stdin, timeout=120)
+def sh(spec: LabSpec, host: str, script: str, stdin: str | None = None) -> str:
+    done = exec_in(spec, host, ["bash", "-c", script], input=stdin, timeout=120)
     assert done.returncode == 0, f"{host}: {script}\n{done.stdout}{done.stderr}"
     return done.stdout
 
@@ -85,7 +87,7 @@ def web(lab_inventory: Inventory) -> list[Host]:
 
 
 @pytest.fixture(scope="module")
-def ready(lab_spec: lab.LabSpec, lab_inventory: Inventory, web: list[Host]) -> Iterator[None]:
+def ready(lab_spec: LabSpec, lab_inventory: Inventory, web: list[Host]) -> Iterator[None]:
     """Every host converged and the app serving, for the module; afterwards the hosts are put
     back as they were: if this module had to converge them (fresh hosts: it runs first in file
     order), they are rebooted fresh, so that the modules after it (test_certs issues the first
@@ -100,12 +102,12 @@ def ready(lab_spec: lab.LabSpec, lab_inventory: Inventory, web: list[Host]) -> I
         converged_here = True
     yield
     if converged_here:
-        lab.up(lab_spec, fresh=True)
+        lifecycle.up(lab_spec, fresh=True)
 
 
 @pytest.fixture(scope="module")
 def trusted(
-    lab_spec: lab.LabSpec,
+    lab_spec: LabSpec,
     lab_inventory: Inventory,
     web: list[Host],
     ready: None,
@@ -195,7 +197,7 @@ def test_02_without_the_ca_file_the_lab_chain_is_not_trusted(
 
 
 def test_03_a_served_env_file_is_critical_and_provision_repairs_it(
-    lab_spec: lab.LabSpec, trusted: Inventory, web: list[Host]
+    lab_spec: LabSpec, trusted: Inventory, web: list[Host]
 ) -> None:
     h = web[0]
     site = f"/etc/nginx/conf.d/opskit-{h.vars['app_name']}.conf"
@@ -235,12 +237,12 @@ def test_03_a_served_env_file_is_critical_and_provision_repairs_it(
         )
         assert titles(host_audit(trusted, h), "exposed-files") == []
     finally:
-        lab.exec_in(lab_spec, h.name, ["rm", "-f", ENV_FILE])
+        exec_in(lab_spec, h.name, ["rm", "-f", ENV_FILE])
         run_on_hosts(trusted, [h], provision_work(["nginx"]))
 
 
 def test_04_a_missing_hsts_header_is_found_and_provision_repairs_it(
-    lab_spec: lab.LabSpec, trusted: Inventory, web: list[Host]
+    lab_spec: LabSpec, trusted: Inventory, web: list[Host]
 ) -> None:
     h = web[0]
     cert = declared_certificates(h.vars)[0]
@@ -277,7 +279,7 @@ def test_04_a_missing_hsts_header_is_found_and_provision_repairs_it(
 
 
 def test_05_an_unknown_key_in_authorized_keys_is_found(
-    lab_spec: lab.LabSpec, trusted: Inventory, web: list[Host], tmp_path: Path
+    lab_spec: LabSpec, trusted: Inventory, web: list[Host], tmp_path: Path
 ) -> None:
     h = web[0]
     user = h.vars["base_deploy_user"]
@@ -312,7 +314,7 @@ def test_05_an_unknown_key_in_authorized_keys_is_found(
 
 
 def test_06_a_burst_of_failed_logins_is_counted_by_source_and_banned(
-    lab_spec: lab.LabSpec, trusted: Inventory, web: list[Host]
+    lab_spec: LabSpec, trusted: Inventory, web: list[Host]
 ) -> None:
     target, source = web[0], web[1]
     unban = f"fail2ban-client set sshd unbanip {source.address} >/dev/null 2>&1 || true"
@@ -360,9 +362,9 @@ def test_06_a_burst_of_failed_logins_is_counted_by_source_and_banned(
 
 
 def test_07_unreachable_host_and_bad_input(
-    lab_spec: lab.LabSpec, trusted: Inventory, web: list[Host], tmp_path: Path
+    lab_spec: LabSpec, trusted: Inventory, web: list[Host], tmp_path: Path
 ) -> None:
-    ghost = str(lab.lab_network(lab_spec).network_address + 99)
+    ghost = str(lab_network(lab_spec).network_address + 99)
 
     def add_ghost(data: dict[str, Any]) -> None:
         data["groups"]["ghosts"] = {"hosts": {"ghost1": {"address": ghost}}}

@@ -16,8 +16,8 @@ from opskit.backup import ops as backup
 from opskit.core.inventory import load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.fleet.verify import run_verify
-from opskit.lab import ops as lab
-from opskit.lab import standins as labsvc
+from opskit.lab import registry as labsvc
+from opskit.lab.nspawn import exec_in
 from tests.integration.conftest import LAB_INVENTORY, inv, write_inventory
 
 OUTPUTS: list[str] = []  # everything the tasks printed: no secret may be in it
@@ -60,7 +60,7 @@ def s3(cfg):
 
 
 def sh(spec, host, script, check=True):
-    r = lab.exec_in(spec, host.name, ["bash", "-c", script])
+    r = exec_in(spec, host.name, ["bash", "-c", script])
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout

@@ -30,7 +30,9 @@ from opskit.certs.spec import CertSpec, declared_certificates, tls_site_paths
 from opskit.core.inventory import Inventory, load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.fleet.verify import run_verify
-from opskit.lab import ops as lab
+from opskit.lab import lifecycle
+from opskit.lab.nspawn import exec_in
+from opskit.lab.spec import LabSpec
 from tests.integration.conftest import inv, write_inventory
 
 ROLES = ["nginx", "certbot"]
@@ -95,17 +97,17 @@ def cert_entry(data: dict[str, Any], host: str, name: str) -> dict[str, Any]:
     return c
 
 
-def snapshot(spec: lab.LabSpec, host: str) -> str:
+def snapshot(spec: LabSpec, host: str) -> str:
     """Every file under /etc/letsencrypt and /etc/nginx: path, size, mode, mtime, checksum."""
     script = (
         "find /etc/letsencrypt /etc/nginx /var/lib/opskit/certbot -xdev "
         "-printf '%p %s %m %T@ %l\\n' | sort; "
         "find /etc/letsencrypt /etc/nginx -xdev -type f -exec sha256sum {} + | sort"
     )
-    return lab.exec_in(spec, host, ["bash", "-c", script]).stdout
+    return exec_in(spec, host, ["bash", "-c", script]).stdout
 
 
-def make_expiring(spec: lab.LabSpec, host: str, cert: CertSpec, days: int) -> None:
+def make_expiring(spec: LabSpec, host: str, cert: CertSpec, days: int) -> None:
     """Re-sign the lineage's certificate with its own key, valid for `days` from now."""
     sans = ",".join(f"DNS:{d}" for d in cert.domains)
     script = f"""set -e
@@ -116,7 +118,7 @@ openssl req -x509 -key "$live/privkey.pem" -days {days} -subj "/CN={cert.domains
 cp "$c" "$f"
 nginx -t 2>/dev/null && systemctl reload nginx
 """
-    done = lab.exec_in(spec, host, ["bash", "-c", script])
+    done = exec_in(spec, host, ["bash", "-c", script])
     assert done.returncode == 0, done.stderr
 
 
@@ -127,8 +129,8 @@ def wait_served(address: str, cert: CertSpec, fingerprint: str) -> None:
         time.sleep(0.3)
 
 
-def disk_fingerprint(spec: lab.LabSpec, host: str, cert: CertSpec) -> str:
-    pem = lab.exec_in(spec, host, ["cat", f"/etc/letsencrypt/live/{cert.name}/cert.pem"]).stdout
+def disk_fingerprint(spec: LabSpec, host: str, cert: CertSpec) -> str:
+    pem = exec_in(spec, host, ["cat", f"/etc/letsencrypt/live/{cert.name}/cert.pem"]).stdout
     return parse_certificate(pem.encode()).fingerprint
 
 
@@ -266,7 +268,7 @@ def test_07_close_to_expiry_is_warning_then_critical_and_renew_fixes_it(
 def test_08_broken_nginx_config_keeps_the_old_certificate_serving(lab_spec, lab_inventory, web):
     h, cert = web[0], main_cert(web[0])
     before = served(h.address, cert.domains[0])
-    lab.exec_in(lab_spec, h.name, ["bash", "-c", f"echo 'this is not nginx;' > {BROKEN}"])
+    exec_in(lab_spec, h.name, ["bash", "-c", f"echo 'this is not nginx;' > {BROKEN}"])
     try:
         out = run(lab_inventory.path, "certs.renew", "--force", "--hosts", h.name)
         assert out.returncode == 1, out.stdout + out.stderr
@@ -278,17 +280,17 @@ def test_08_broken_nginx_config_keeps_the_old_certificate_serving(lab_spec, lab_
         c = cert_entry(data, h.name, cert.name)
         assert code == 5 and c["served"] == "different" and c["state"] == "critical"
         assert c["last_deploy_hook"]["result"] == "failed"
-        journal = lab.exec_in(lab_spec, h.name, ["journalctl", "-t", "opskit-certbot-hook"])
+        journal = exec_in(lab_spec, h.name, ["journalctl", "-t", "opskit-certbot-hook"])
         assert "nginx -t failed" in journal.stdout
     finally:
-        lab.exec_in(lab_spec, h.name, ["bash", "-c", f"rm -f {BROKEN} && systemctl reload nginx"])
+        exec_in(lab_spec, h.name, ["bash", "-c", f"rm -f {BROKEN} && systemctl reload nginx"])
     wait_served(h.address, cert, disk_fingerprint(lab_spec, h.name, cert))
     assert status_json(lab_inventory, h.name)[0] == 0
 
 
 def test_09_a_duplicate_renewal_cron_is_removed(lab_spec, lab_inventory, web):
     h = web[0]
-    lab.exec_in(
+    exec_in(
         lab_spec,
         h.name,
         [
@@ -302,8 +304,8 @@ def test_09_a_duplicate_renewal_cron_is_removed(lab_spec, lab_inventory, web):
     [fix] = [c for c in r.changes if c.changed]
     assert fix.resource.startswith("cron:") and "/etc/cron.d/runbook-certbot" in fix.summary
     assert "root's crontab" in fix.summary
-    assert lab.exec_in(lab_spec, h.name, ["crontab", "-l"]).stdout.strip().endswith("@hourly true")
-    assert lab.exec_in(lab_spec, h.name, ["test", "-e", "/etc/cron.d/runbook-certbot"]).returncode
+    assert exec_in(lab_spec, h.name, ["crontab", "-l"]).stdout.strip().endswith("@hourly true")
+    assert exec_in(lab_spec, h.name, ["test", "-e", "/etc/cron.d/runbook-certbot"]).returncode
     [again] = run_on_hosts(lab_inventory, [h], provision_work(["certbot"]))
     assert [c.resource for c in again.changes if c.changed] == []
 
@@ -311,7 +313,7 @@ def test_09_a_duplicate_renewal_cron_is_removed(lab_spec, lab_inventory, web):
 # --- what goes wrong -----------------------------------------------------------------------
 
 
-def _pebble_pid(spec: lab.LabSpec) -> int:
+def _pebble_pid(spec: LabSpec) -> int:
     pid = int((spec.state_dir / "services" / "pebble.pid").read_text())
     environ = Path(f"/proc/{pid}/environ").read_bytes()
     assert b"OPSKIT_LAB_SERVICE=pebble" in environ  # the lab's own pebble, nothing else
@@ -348,7 +350,8 @@ def test_10_acme_unreachable_is_a_clear_error_and_changes_nothing(
         assert snapshot(lab_spec, h.name) == before
         assert served(h.address, cert.domains[0]).fingerprint == serving.fingerprint
     finally:
-        lab.up(lab_spec)  # starts the stopped pebble again (a new one: it forgot its accounts)
+        # starts the stopped pebble again (a new one: it forgot its accounts)
+        lifecycle.up(lab_spec)
     # The host's ACME account is gone with the old pebble: the wrapper registers a new one.
     out = run(lab_inventory.path, "certs.renew", "--force", "--hosts", h.name)
     assert out.returncode == 0 and f"[{h.name}] renewed  {cert.name}" in out.stdout, out.stdout

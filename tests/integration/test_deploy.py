@@ -180,13 +180,13 @@ def test_02_deploy_v1_then_v2_serves_v2(app_inventory):
 
 
 def test_03_rollback_serves_v1_in_seconds_without_reinstalling(app_inventory, lab_spec):
-    from opskit.lab import ops as lab
+    from opskit.lab.nspawn import exec_in
 
     web1 = app_inventory.host(web(app_inventory)[0])
     before = host_state(app_inventory, web1.name)
     v1 = next(r for r in before.releases if r.label == "v1")
     modules = f"/srv/sample/releases/{v1.name}/node_modules/ms"
-    inode = lab.exec_in(lab_spec, web1.name, ["stat", "-c", "%i %Y", modules]).stdout
+    inode = exec_in(lab_spec, web1.name, ["stat", "-c", "%i %Y", modules]).stdout
     started = time.monotonic()
     with Sampler(web1.address) as sampler:
         back = run(app_inventory, "rollback", "--hosts", web1.name)
@@ -198,12 +198,12 @@ def test_03_rollback_serves_v1_in_seconds_without_reinstalling(app_inventory, la
     assert seconds < 30, back.stdout  # about 3 s on a quiet machine (2 cores)
     assert sampler.failed == 0, sampler.report()
     # the same files: nothing unpacked or installed again
-    assert lab.exec_in(lab_spec, web1.name, ["stat", "-c", "%i %Y", modules]).stdout == inode
+    assert exec_in(lab_spec, web1.name, ["stat", "-c", "%i %Y", modules]).stdout == inode
     after = host_state(app_inventory, web1.name)
     assert [r.name for r in after.releases] == [r.name for r in before.releases]
     assert after.journal[-1]["action"] == "rollback" and after.journal[-1]["result"] == "ok"
     # Sentry learns that v1's commit is live again (a deploy of its existing release)
-    from opskit.lab import standins as labsvc
+    from opskit.lab import registry as labsvc
 
     sha = str(v1.meta["sha"])
     deploys = [
@@ -338,11 +338,11 @@ def test_07_nginx_denies_dot_files_sends_headers_passes_websockets(app_inventory
 
 
 def test_08_a_broken_nginx_config_never_replaces_a_working_one(app_inventory, lab_spec, tmp_path):
-    from opskit.lab import ops as lab
+    from opskit.lab.nspawn import exec_in
 
     web1 = app_inventory.host(web(app_inventory)[0])
     site = "/etc/nginx/conf.d/opskit-sample.conf"
-    before = lab.exec_in(lab_spec, web1.name, ["sha256sum", site]).stdout
+    before = exec_in(lab_spec, web1.name, ["sha256sum", site]).stdout
 
     def change(data: dict[str, Any]) -> None:
         data["groups"]["web"]["vars"].update(nginx_upstream="no-such-host.invalid:3000")
@@ -350,15 +350,15 @@ def test_08_a_broken_nginx_config_never_replaces_a_working_one(app_inventory, la
     broken = load_inventory(write_inventory(tmp_path, change))
     [result] = run_on_hosts(broken, [broken.host(web1.name)], provision_work(["nginx"]))
     assert result.error and "nginx -t failed" in result.error
-    assert lab.exec_in(lab_spec, web1.name, ["sha256sum", site]).stdout == before
+    assert exec_in(lab_spec, web1.name, ["sha256sum", site]).stdout == before
     assert version(web1.address) == "3.0.0"
 
 
 def test_09_pm2_brings_the_current_release_back_after_a_restart(app_inventory, lab_spec):
-    from opskit.lab import ops as lab
+    from opskit.lab.nspawn import exec_in
 
     web1 = app_inventory.host(web(app_inventory)[0])
-    restart = lab.exec_in(lab_spec, web1.name, ["systemctl", "restart", "pm2-app"])
+    restart = exec_in(lab_spec, web1.name, ["systemctl", "restart", "pm2-app"])
     assert restart.returncode == 0, restart.stderr
     deadline = time.monotonic() + 30
     while True:

@@ -20,8 +20,9 @@ from opskit.core.inventory import load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.core.secrets import Secret
 from opskit.fleet.verify import run_verify
-from opskit.lab import ops as lab
-from opskit.lab import standins as labsvc
+from opskit.lab import registry as labsvc
+from opskit.lab.nspawn import exec_in
+from opskit.lab.spec import LabSpec, gateway_ip
 from opskit.monitoring.ops import declared, sentry_release, sync
 from tests.integration.conftest import inv, write_inventory
 
@@ -56,8 +57,8 @@ WantedBy=multi-user.target
 """
 
 
-def monitoring_vars(spec: lab.LabSpec) -> dict:
-    gateway = lab.gateway_ip(spec)
+def monitoring_vars(spec: LabSpec) -> dict:
+    gateway = gateway_ip(spec)
     return {
         "healthcheck_slack_webhook_url": {"secret": "SLACK_WEBHOOK_URL"},
         # Cron must not run a check in the middle of a test that counts alerts; the schedule
@@ -98,9 +99,7 @@ def make_inventory(tmp_path, spec, *, web=None, top=None, name="mon.yml"):
                 if not k.startswith(("healthcheck_", "papertrail_"))
             }
             if gname == "web":
-                group["vars"]["healthcheck_public_url"] = (
-                    f"http://{lab.gateway_ip(spec)}:{HEALTH_PORT}"
-                )
+                group["vars"]["healthcheck_public_url"] = f"http://{gateway_ip(spec)}:{HEALTH_PORT}"
                 group["vars"]["healthcheck_monitor_prefix"] = PREFIX
                 group["vars"].update(web or {})
 
@@ -137,18 +136,18 @@ def mon(tmp_path_factory, lab_spec):
             f"printf %s {shlex.quote(UNIT)} > /etc/systemd/system/opskit-test-health.service && "
             "systemctl daemon-reload && systemctl enable --now opskit-test-health"
         )
-        done = lab.exec_in(lab_spec, name, ["sh", "-c", script], input=HEALTH_SERVER)
+        done = exec_in(lab_spec, name, ["sh", "-c", script], input=HEALTH_SERVER)
         assert done.returncode == 0, done.stderr
     started = []
     for h in inventory.hosts:
-        if lab.exec_in(lab_spec, h.name, ["systemctl", "is-active", "-q", "postgresql"]).returncode:
-            done = lab.exec_in(lab_spec, h.name, ["systemctl", "start", "postgresql"])
+        if exec_in(lab_spec, h.name, ["systemctl", "is-active", "-q", "postgresql"]).returncode:
+            done = exec_in(lab_spec, h.name, ["systemctl", "start", "postgresql"])
             assert done.returncode == 0, done.stderr
             started.append(h)
     yield lab_spec, path, inventory, web
     for h in started:
         if "postgresql" not in h.roles:
-            lab.exec_in(lab_spec, h.name, ["systemctl", "stop", "postgresql"])
+            exec_in(lab_spec, h.name, ["systemctl", "stop", "postgresql"])
 
 
 def test_01_missing_webhook_secret_is_a_clear_error_that_changes_nothing(mon, tmp_path):
@@ -160,14 +159,12 @@ def test_01_missing_webhook_secret_is_a_clear_error_that_changes_nothing(mon, tm
         "for f in /etc/opskit/healthcheck.json /etc/cron.d/opskit-healthcheck; do "
         "stat -c '%n %Y %s' $f 2>/dev/null || echo absent; done"
     )
-    before = {
-        h.name: lab.exec_in(spec, h.name, ["sh", "-c", marks]).stdout for h in inventory.hosts
-    }
+    before = {h.name: exec_in(spec, h.name, ["sh", "-c", marks]).stdout for h in inventory.hosts}
     done = inv("provision", "-i", str(bad), "--roles", ",".join(ROLES))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "healthcheck_slack_webhook_url" in done.stderr and "OPSKIT_TEST_NO_HOOK" in done.stderr
     assert "is not set" in done.stderr
-    after = {h.name: lab.exec_in(spec, h.name, ["sh", "-c", marks]).stdout for h in inventory.hosts}
+    after = {h.name: exec_in(spec, h.name, ["sh", "-c", marks]).stdout for h in inventory.hosts}
     assert after == before
     # A plain value where the secret belongs is refused too, without echoing it.
     plain = make_inventory(
@@ -180,7 +177,7 @@ def test_01_missing_webhook_secret_is_a_clear_error_that_changes_nothing(mon, tm
     assert done.returncode == 1
     assert "must be a secret reference" in done.stdout + done.stderr
     assert "s3cr3t" not in done.stdout + done.stderr
-    assert lab.exec_in(spec, web[0], ["sh", "-c", marks]).stdout == before[web[0]]
+    assert exec_in(spec, web[0], ["sh", "-c", marks]).stdout == before[web[0]]
 
 
 def test_02_provision_then_nothing_to_change_then_verify(mon):
@@ -201,7 +198,7 @@ def test_03_app_down_alerts_once_then_silence_then_recovery(mon):
     host = inventory.host(web[0])
     assert check(path, host.name).returncode == 0  # all OK: nothing sent
     before = len(slack_from(spec, host.address))
-    lab.exec_in(spec, host.name, ["systemctl", "stop", "opskit-test-health"])
+    exec_in(spec, host.name, ["systemctl", "stop", "opskit-test-health"])
     try:
         first = check(path, host.name)
         assert "CRITICAL http" in first.stdout and "slack: sent alert" in first.stdout
@@ -218,7 +215,7 @@ def test_03_app_down_alerts_once_then_silence_then_recovery(mon):
         assert "CRITICAL http" in second.stdout and "slack: sent" not in second.stdout
         assert len(slack_from(spec, host.address)) == before + 1
     finally:
-        lab.exec_in(spec, host.name, ["systemctl", "start", "opskit-test-health"])
+        exec_in(spec, host.name, ["systemctl", "start", "opskit-test-health"])
     time.sleep(0.5)
     back = check(path, host.name)
     assert "slack: sent recovered" in back.stdout, back.stdout
@@ -257,7 +254,7 @@ def test_05_slack_429_is_retried_by_the_host(mon, tmp_path):
     spec, path, _, web = mon
     host = load_inventory(path).host(web[0])
     before = len(slack_from(spec, host.address))
-    lab.exec_in(spec, host.name, ["systemctl", "stop", "opskit-test-health"])
+    exec_in(spec, host.name, ["systemctl", "stop", "opskit-test-health"])
     faults = labsvc.inbox_dir(spec, "slack") / "faults.json"
     faults.write_text(json.dumps({"status": 429, "count": 1, "retry_after": 1}))
     try:
@@ -266,7 +263,7 @@ def test_05_slack_429_is_retried_by_the_host(mon, tmp_path):
         assert len(slack_from(spec, host.address)) == before + 1
     finally:
         faults.unlink(missing_ok=True)
-        lab.exec_in(spec, host.name, ["systemctl", "start", "opskit-test-health"])
+        exec_in(spec, host.name, ["systemctl", "start", "opskit-test-health"])
     time.sleep(0.5)
     assert "slack: sent recovered" in check(path, host.name).stdout
 
@@ -328,7 +325,7 @@ def test_07_sync_changes_only_its_own_monitors(mon, tmp_path):
                 {
                     "name": f"{PREFIX} homepage",
                     "type": "HTTP",
-                    "url": f"http://{lab.gateway_ip(spec)}:{HEALTH_PORT}/",
+                    "url": f"http://{gateway_ip(spec)}:{HEALTH_PORT}/",
                 },
                 {"name": f"{PREFIX} extra", "type": "PING", "url": "10.0.0.1"},
             ]
@@ -419,13 +416,13 @@ def test_09b_events_sent_with_the_dsn_reach_the_sentry_stand_in(mon):
         "@-",
         url,
     ]
-    sent = lab.exec_in(spec, web[0], curl, input=envelope)
+    sent = exec_in(spec, web[0], curl, input=envelope)
     assert sent.stdout == "200" and event in sent.stderr
     [kept] = [i for i in labsvc.read_inbox(spec, "sentry") if i.get("event_id") == event]
     assert kept["message"] == f"boom {event}" and kept["release"] == "abc123"
     assert kept["from"] == inventory.host(web[0]).address
     wrong = [x.replace(key, "0" * 32) for x in curl]
-    refused = lab.exec_in(spec, web[0], wrong, input=envelope)
+    refused = exec_in(spec, web[0], wrong, input=envelope)
     assert refused.stdout == "403"
 
 
@@ -443,11 +440,11 @@ def test_10_app_log_line_reaches_the_syslog_receiver_over_tls(mon):
     spec, _, inventory, web = mon
     host = inventory.host(web[0])
     token = f"opskit-test-{uuid.uuid4().hex}"
-    lab.exec_in(spec, host.name, ["sh", "-c", f"echo 'GET /x 200 {token}' >> {APP_LOG}"])
+    exec_in(spec, host.name, ["sh", "-c", f"echo 'GET /x 200 {token}' >> {APP_LOG}"])
     [line] = _wait_for(spec, "syslog", token)
     assert line["host"] == host.name and line["app"] == "labapp" and line["from"] == host.address
     system = f"opskit-test-sys-{uuid.uuid4().hex}"
-    lab.exec_in(spec, host.name, ["logger", "-t", "opskit-test", system])
+    exec_in(spec, host.name, ["logger", "-t", "opskit-test", system])
     [sys_line] = _wait_for(spec, "syslog", system)
     assert sys_line["app"] == "opskit-test"
 
@@ -464,7 +461,7 @@ def test_11_receiver_with_the_wrong_certificate_gets_nothing(mon, tmp_path):
     seen = len(errors.read_text().splitlines()) if errors.exists() else 0
     provision(wrong, [host.name])
     token = f"opskit-test-wrong-{uuid.uuid4().hex}"
-    lab.exec_in(spec, host.name, ["sh", "-c", f"echo '{token}' >> {APP_LOG}"])
+    exec_in(spec, host.name, ["sh", "-c", f"echo '{token}' >> {APP_LOG}"])
     assert _wait_for(spec, "syslog-wrongcert", token, timeout=15.0) == []
     assert labsvc.read_inbox(spec, "syslog-wrongcert") == []
     refused = [json.loads(x) for x in errors.read_text().splitlines()[seen:]]
@@ -482,13 +479,13 @@ def test_12_cron_runs_the_check(mon, tmp_path):
     host = web[0]
     provision(every_minute, [host])
     read = ["stat", "-c", "%Y", "/var/lib/opskit/healthcheck/status.json"]
-    first = lab.exec_in(spec, host, read).stdout.strip()
+    first = exec_in(spec, host, read).stdout.strip()
     deadline = time.monotonic() + 80
     while time.monotonic() < deadline:
         time.sleep(5)
-        if lab.exec_in(spec, host, read).stdout.strip() != first:
+        if exec_in(spec, host, read).stdout.strip() != first:
             break
     else:
         pytest.fail("cron did not run opskit-healthcheck within 80 s")
-    log = lab.exec_in(spec, host, ["journalctl", "-t", "CRON", "--no-pager", "-n", "20"]).stdout
+    log = exec_in(spec, host, ["journalctl", "-t", "CRON", "--no-pager", "-n", "20"]).stdout
     assert "opskit-healthcheck" in log

@@ -8,7 +8,7 @@ import subprocess
 from opskit.core.inventory import load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.fleet.verify import run_verify
-from opskit.lab import ops as lab
+from opskit.lab.nspawn import exec_in
 from tests.integration.conftest import LAB_INVENTORY, inv, write_inventory
 
 
@@ -42,17 +42,17 @@ def test_03_verify_passes(lab_inventory):
 
 def test_04_check_reports_drift_and_changes_nothing(lab_spec, lab_inventory):
     web2 = lab_inventory.hosts[1].name
-    lab.exec_in(lab_spec, web2, ["sh", "-c", "echo Europe/Paris > /etc/timezone"])
+    exec_in(lab_spec, web2, ["sh", "-c", "echo Europe/Paris > /etc/timezone"])
     [result] = provision(lab_inventory, [web2], dry_run=True)
     [drift] = [c for c in result.changes if c.changed]
     assert drift.resource == "file:/etc/timezone" and "-Europe/Paris\n+UTC\n" in drift.diff
-    assert lab.exec_in(lab_spec, web2, ["cat", "/etc/timezone"]).stdout == "Europe/Paris\n"
+    assert exec_in(lab_spec, web2, ["cat", "/etc/timezone"]).stdout == "Europe/Paris\n"
     # The CLI says the same with a distinct exit code for drift checks.
     cli = inv("provision", "--hosts", web2, "--check", "--detailed-exitcode")
     assert cli.returncode == 3, cli.stdout + cli.stderr
     assert "changed  file:/etc/timezone" in cli.stdout
     assert provision(lab_inventory, [web2])[0].changed_count == 1
-    assert lab.exec_in(lab_spec, web2, ["cat", "/etc/timezone"]).stdout == "UTC\n"
+    assert exec_in(lab_spec, web2, ["cat", "/etc/timezone"]).stdout == "UTC\n"
 
 
 def test_05_changed_host_key_is_refused_while_others_converge(tmp_path, lab_inventory):
@@ -97,7 +97,7 @@ def test_06_unreachable_host_is_reported_while_others_converge(tmp_path):
 
 def test_07_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, lab_spec, lab_inventory):
     web1 = lab_inventory.hosts[0].name
-    before = lab.exec_in(lab_spec, web1, ["stat", "-c", "%Y", "/etc/timezone"]).stdout
+    before = exec_in(lab_spec, web1, ["stat", "-c", "%Y", "/etc/timezone"]).stdout
 
     def unknown_var(data):
         data["vars"]["base_timezon"] = "Europe/Paris"
@@ -123,7 +123,7 @@ def test_07_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, lab_spec, l
             cli.stderr
         )
         assert "Traceback" not in cli.stderr
-    assert lab.exec_in(lab_spec, web1, ["stat", "-c", "%Y", "/etc/timezone"]).stdout == before
+    assert exec_in(lab_spec, web1, ["stat", "-c", "%Y", "/etc/timezone"]).stdout == before
 
 
 def test_08_broken_sshd_setting_is_refused_and_old_config_kept(tmp_path, lab_inventory):
@@ -184,7 +184,7 @@ def test_12_sudo_with_a_password_from_a_secret(tmp_path, lab_spec, lab_inventory
         " install -m 600 -o ops2 -g ops2 /home/deploy/.ssh/authorized_keys /home/ops2/.ssh/;"
         " echo 'ops2 ALL=(ALL:ALL) ALL' > /etc/sudoers.d/ops2; chmod 440 /etc/sudoers.d/ops2"
     )
-    lab.exec_in(lab_spec, db1.name, ["sh", "-c", setup])
+    exec_in(lab_spec, db1.name, ["sh", "-c", setup])
 
     def change(data):
         data["groups"]["db"]["hosts"][db1.name]["user"] = "ops2"
@@ -214,4 +214,4 @@ def test_12_sudo_with_a_password_from_a_secret(tmp_path, lab_spec, lab_inventory
         assert bad.returncode == 1 and "sudo password was refused" in bad.stdout
         assert "wrong-pw-999" not in bad.stdout + bad.stderr
     finally:
-        lab.exec_in(lab_spec, db1.name, ["sh", "-c", "rm -f /etc/sudoers.d/ops2; userdel -r ops2"])
+        exec_in(lab_spec, db1.name, ["sh", "-c", "rm -f /etc/sudoers.d/ops2; userdel -r ops2"])

@@ -35,7 +35,7 @@ from opskit.core.inventory import Inventory, load_inventory
 from opskit.core.remote import connect
 from opskit.core.roles import REPO
 from opskit.core.runner import provision_work, run_on_hosts
-from opskit.lab import standins as labsvc
+from opskit.lab import registry as labsvc
 from tests.integration.conftest import inv, write_inventory
 
 ARTIFACTS = REPO / "test-artifacts"

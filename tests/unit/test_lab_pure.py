@@ -1,4 +1,4 @@
-"""Pure parts of the lab (opskit.lab, opskit.lab.standins): no root, no processes, no network."""
+"""Pure parts of the lab (opskit.lab and its stand-ins): no root, no processes, no network."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from opskit.lab import ops as lab
-from opskit.lab import standins as labsvc
-from opskit.lab.ops import LabError
+from opskit.lab import apt, hosts, image, network, nspawn, proc, registry
+from opskit.lab.spec import (
+    LabError,
+    LabHost,
+    LabSpec,
+    find_host,
+    gateway_ip,
+    lab_network,
+    load_lab_spec,
+)
 from opskit.lab.standins import aptproxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +67,7 @@ groups:
 
 
 def test_parse_deb822_sources_skips_comments_and_disabled_stanzas() -> None:
-    sources = lab.parse_deb822_sources(DEB822)
+    sources = apt.parse_deb822_sources(DEB822)
     assert [s.uris for s in sources] == [
         ("http://deb.debian.org/debian",),
         ("http://deb.debian.org/debian-security",),
@@ -76,8 +83,8 @@ def test_parse_sources_list_handles_options_comments_and_deb_src() -> None:
         "deb-src http://ftp.de.debian.org/debian bookworm main  # trailing comment\n"
         "garbage line\n"
     )
-    sources = lab.parse_sources_list(text)
-    assert sources[0] == lab.AptSource(
+    sources = apt.parse_sources_list(text)
+    assert sources[0] == apt.AptSource(
         ("deb",), ("http://ftp.de.debian.org/debian",), ("bookworm",), ("main", "contrib")
     )
     assert sources[1].types == ("deb-src",)
@@ -85,28 +92,28 @@ def test_parse_sources_list_handles_options_comments_and_deb_src() -> None:
 
 
 def test_pick_mirror_takes_the_first_deb_source_for_the_suite() -> None:
-    sources = lab.parse_sources_list(
+    sources = apt.parse_sources_list(
         "deb-src http://src.example/debian bookworm main\n"
         "deb http://sec.example/debian-security bookworm-security main\n"
         "deb http://mirror.example/debian bookworm main\n"
     )
-    assert lab.pick_mirror(sources) == "http://mirror.example/debian"
+    assert apt.pick_mirror(sources) == "http://mirror.example/debian"
 
 
 def test_pick_mirror_without_a_bookworm_source_says_what_to_add() -> None:
     with pytest.raises(LabError, match=r"sources\.list.*deb http://<mirror>/debian bookworm"):
-        lab.pick_mirror(lab.parse_sources_list("deb http://m.example/debian trixie main"))
+        apt.pick_mirror(apt.parse_sources_list("deb http://m.example/debian trixie main"))
 
 
 def test_mirror_hosts_lists_http_hosts_once_with_non_default_ports() -> None:
     sources = [
-        *lab.parse_deb822_sources(DEB822),
-        *lab.parse_sources_list(
+        *apt.parse_deb822_sources(DEB822),
+        *apt.parse_sources_list(
             "deb https://secure.example/debian bookworm main\n"
             "deb http://local.example:8080/debian bookworm main\n"
         ),
     ]
-    assert lab.mirror_hosts(sources) == ("deb.debian.org", "local.example:8080")
+    assert apt.mirror_hosts(sources) == ("deb.debian.org", "local.example:8080")
 
 
 def test_read_machine_apt_sources_reads_both_formats(tmp_path: Path) -> None:
@@ -114,7 +121,7 @@ def test_read_machine_apt_sources_reads_both_formats(tmp_path: Path) -> None:
     (tmp_path / "sources.list").write_text("deb http://one.example/debian bookworm main\n")
     (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822)
     (tmp_path / "sources.list.d" / "ignored.save").write_text("deb http://no.example/ x main\n")
-    sources = lab.read_machine_apt_sources(tmp_path)
+    sources = apt.read_machine_apt_sources(tmp_path)
     assert [s.uris[0] for s in sources] == [
         "http://one.example/debian",
         "http://deb.debian.org/debian",
@@ -126,31 +133,31 @@ def test_read_machine_apt_sources_reads_both_formats(tmp_path: Path) -> None:
 
 
 def test_base_image_key_ignores_order_and_duplicates() -> None:
-    assert lab.base_image_key(["less", "curl"]) == lab.base_image_key(["curl", "less", "curl"])
+    assert image.base_image_key(["less", "curl"]) == image.base_image_key(["curl", "less", "curl"])
 
 
 def test_base_image_key_changes_with_packages_baked_values_and_recipe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    key = lab.base_image_key(["curl"], {"deploy_user": "deploy"})
+    key = image.base_image_key(["curl"], {"deploy_user": "deploy"})
     assert len(key) == 12 and all(c in "0123456789abcdef" for c in key)
-    assert lab.base_image_key(["curl", "less"], {"deploy_user": "deploy"}) != key
-    assert lab.base_image_key(["curl"], {"deploy_user": "ops"}) != key
-    monkeypatch.setattr(lab, "RECIPE_VERSION", lab.RECIPE_VERSION + 1)
-    assert lab.base_image_key(["curl"], {"deploy_user": "deploy"}) != key
+    assert image.base_image_key(["curl", "less"], {"deploy_user": "deploy"}) != key
+    assert image.base_image_key(["curl"], {"deploy_user": "ops"}) != key
+    monkeypatch.setattr(image, "RECIPE_VERSION", image.RECIPE_VERSION + 1)
+    assert image.base_image_key(["curl"], {"deploy_user": "deploy"}) != key
 
 
 # ---- known_hosts ---------------------------------------------------------------------------
 
 
 def test_known_hosts_line_drops_the_comment() -> None:
-    line = lab.known_hosts_line("10.213.0.11", "ssh-ed25519 AAAAkey root@build\n")
+    line = hosts.known_hosts_line("10.213.0.11", "ssh-ed25519 AAAAkey root@build\n")
     assert line == "10.213.0.11 ssh-ed25519 AAAAkey"
 
 
 def test_known_hosts_line_rejects_what_is_not_a_key() -> None:
     with pytest.raises(LabError, match="not an SSH public key"):
-        lab.known_hosts_line("10.213.0.11", "-----BEGIN OPENSSH PRIVATE KEY-----")
+        hosts.known_hosts_line("10.213.0.11", "-----BEGIN OPENSSH PRIVATE KEY-----")
 
 
 def test_merge_known_hosts_replaces_lab_entries_and_keeps_the_rest() -> None:
@@ -165,7 +172,7 @@ def test_merge_known_hosts_replaces_lab_entries_and_keeps_the_rest() -> None:
     )
     managed = {"10.213.0.11", "10.213.0.12", "10.213.0.21"}
     new = ["10.213.0.11 ssh-ed25519 NEW11", "10.213.0.21 ssh-ed25519 NEW21"]
-    merged = lab.merge_known_hosts(existing, new, managed)
+    merged = hosts.merge_known_hosts(existing, new, managed)
     assert merged.splitlines() == [
         "# my hosts",
         "github.com ssh-ed25519 GH",
@@ -174,55 +181,55 @@ def test_merge_known_hosts_replaces_lab_entries_and_keeps_the_rest() -> None:
         "10.213.0.11 ssh-ed25519 NEW11",
         "10.213.0.21 ssh-ed25519 NEW21",
     ]
-    assert lab.merge_known_hosts(merged, new, managed) == merged  # idempotent
+    assert hosts.merge_known_hosts(merged, new, managed) == merged  # idempotent
 
 
 def test_merge_known_hosts_into_an_empty_file() -> None:
-    assert lab.merge_known_hosts("", ["10.0.0.5 ssh-ed25519 K"], {"10.0.0.5"}) == (
+    assert hosts.merge_known_hosts("", ["10.0.0.5 ssh-ed25519 K"], {"10.0.0.5"}) == (
         "10.0.0.5 ssh-ed25519 K\n"
     )
-    assert lab.merge_known_hosts("", [], {"10.0.0.5"}) == ""
+    assert hosts.merge_known_hosts("", [], {"10.0.0.5"}) == ""
 
 
 # ---- per-host files and commands -----------------------------------------------------------
 
 
 @pytest.fixture
-def spec(tmp_path: Path) -> lab.LabSpec:
+def spec(tmp_path: Path) -> LabSpec:
     path = tmp_path / "lab.yml"
     path.write_text(LAB_YML)
-    return lab.load_lab_spec(path)
+    return load_lab_spec(path)
 
 
-def test_render_etc_hosts_names_every_lab_host_and_the_gateway(spec: lab.LabSpec) -> None:
-    text = lab.render_etc_hosts(spec, "web1")
+def test_render_etc_hosts_names_every_lab_host_and_the_gateway(spec: LabSpec) -> None:
+    text = hosts.render_etc_hosts(spec, "web1")
     assert "127.0.0.1\tlocalhost\n" in text
     assert "10.213.0.1\topskit-gateway\n" in text
     assert "10.213.0.11\tweb1\n" in text and "10.213.0.21\tdb1\n" in text
     with pytest.raises(LabError, match="no lab host named 'web9'"):
-        lab.render_etc_hosts(spec, "web9")
+        hosts.render_etc_hosts(spec, "web9")
 
 
 def test_apt_proxy_conf_points_at_the_gateway_proxy() -> None:
-    assert 'Acquire::http::Proxy "http://10.213.0.1:3142";' in lab.apt_proxy_conf("10.213.0.1")
+    assert 'Acquire::http::Proxy "http://10.213.0.1:3142";' in apt.apt_proxy_conf("10.213.0.1")
 
 
 def test_veth_names_fit_ifnamsiz_and_stay_distinct() -> None:
     names = ["web1", "a-very-long-host-name-1", "a-very-long-host-name-2"]
-    veths = [lab.veth_name(n) for n in names]
+    veths = [network.veth_name(n) for n in names]
     assert veths[0] == "vo-web1"
     assert all(len(v) <= 15 for v in veths)
     assert len(set(veths)) == 3
 
 
 def test_nspawn_argv_follows_the_lab_recipe() -> None:
-    argv = lab.nspawn_argv(Path("/s/hosts/web1/root"), "web1")
+    argv = nspawn.nspawn_argv(Path("/s/hosts/web1/root"), "web1")
     assert argv[:3] == ["systemd-nspawn", "-D", "/s/hosts/web1/root"]
     for flag in ("--register=no", "--keep-unit", "-b"):
         assert flag in argv
     assert "--network-namespace-path=/run/netns/opskit-web1" in argv
     assert argv[-2:] == ["-M", "web1"]
-    assert lab.is_lab_nspawn(argv, Path("/s/hosts/web1/root"))
+    assert nspawn.is_lab_nspawn(argv, Path("/s/hosts/web1/root"))
 
 
 @pytest.mark.parametrize(
@@ -236,7 +243,7 @@ def test_nspawn_argv_follows_the_lab_recipe() -> None:
     ],
 )
 def test_is_lab_nspawn_accepts_only_nspawn_of_that_root(cmdline: list[str], expected: bool) -> None:
-    assert lab.is_lab_nspawn(cmdline, Path("/r")) is expected
+    assert nspawn.is_lab_nspawn(cmdline, Path("/r")) is expected
 
 
 @pytest.mark.parametrize(
@@ -250,15 +257,15 @@ def test_is_lab_nspawn_accepts_only_nspawn_of_that_root(cmdline: list[str], expe
     ],
 )
 def test_parse_ssh_banner(data: bytes, expected: bool) -> None:
-    assert lab.parse_ssh_banner(data) is expected
+    assert nspawn.parse_ssh_banner(data) is expected
 
 
 def test_overlay_options_refuse_paths_that_break_mount_options() -> None:
-    assert lab.overlay_options(Path("/l"), Path("/u"), Path("/w")) == (
+    assert hosts.overlay_options(Path("/l"), Path("/u"), Path("/w")) == (
         "lowerdir=/l,upperdir=/u,workdir=/w"
     )
     with pytest.raises(LabError, match="overlayfs cannot use"):
-        lab.overlay_options(Path("/l,x"), Path("/u"), Path("/w"))
+        hosts.overlay_options(Path("/l,x"), Path("/u"), Path("/w"))
 
 
 def test_parse_mountinfo_unescapes_mount_points_and_reads_super_options() -> None:
@@ -267,7 +274,7 @@ def test_parse_mountinfo_unescapes_mount_points_and_reads_super_options() -> Non
         "90 30 0:50 / /var/lib/opskit/lab/hosts/web\\0401/root rw,relatime - overlay opskit-web1 "
         "rw,lowerdir=/var/cache/opskit/lab/base-1,upperdir=/u,workdir=/w\n"
     )
-    assert lab.parse_mountinfo(text) == [
+    assert proc.parse_mountinfo(text) == [
         ("/proc", "proc", "rw"),
         (
             "/var/lib/opskit/lab/hosts/web 1/root",
@@ -281,25 +288,25 @@ def test_parse_mountinfo_unescapes_mount_points_and_reads_super_options() -> Non
 
 
 def test_load_lab_spec_reads_the_shipped_lab_inventory() -> None:
-    spec = lab.load_lab_spec(REPO / "inventories" / "lab.yml")
+    spec = load_lab_spec(REPO / "inventories" / "lab.yml")
     assert spec.bridge == "opskit0"
     assert spec.gateway == "10.213.0.1/24"
     assert spec.deploy_user == "deploy"
     assert [h.name for h in spec.hosts] == ["web1", "web2", "db1"]
-    assert lab.find_host(spec, "db1").address == "10.213.0.21"
+    assert find_host(spec, "db1").address == "10.213.0.21"
     assert spec.identity.is_absolute() and spec.known_hosts.is_absolute()
     assert "fail2ban" in spec.packages
 
 
-def test_load_lab_spec_resolves_relative_paths_and_dedupes(spec: lab.LabSpec) -> None:
+def test_load_lab_spec_resolves_relative_paths_and_dedupes(spec: LabSpec) -> None:
     base = spec.known_hosts.parent
     assert spec.state_dir == base / "state"
     assert spec.identity == base / "keys" / "id_ed25519"
     assert spec.cache_dir == Path("/var/cache/x")
     assert spec.packages == ("curl", "less")
-    assert spec.hosts == (lab.LabHost("web1", "10.213.0.11"), lab.LabHost("db1", "10.213.0.21"))
-    assert lab.gateway_ip(spec) == "10.213.0.1"
-    assert str(lab.lab_network(spec)) == "10.213.0.0/24"
+    assert spec.hosts == (LabHost("web1", "10.213.0.11"), LabHost("db1", "10.213.0.21"))
+    assert gateway_ip(spec) == "10.213.0.1"
+    assert str(lab_network(spec)) == "10.213.0.0/24"
 
 
 @pytest.mark.parametrize(
@@ -341,30 +348,30 @@ def test_load_lab_spec_names_file_and_key_of_a_bad_value(
     path = tmp_path / "lab.yml"
     path.write_text(text)
     with pytest.raises(LabError, match=message) as info:
-        lab.load_lab_spec(path)
+        load_lab_spec(path)
     assert str(info.value).startswith(f"{path}: ")
 
 
 def test_load_lab_spec_reports_unreadable_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="cannot read the inventory"):
-        lab.load_lab_spec(tmp_path / "missing.yml")
+        load_lab_spec(tmp_path / "missing.yml")
     bad = tmp_path / "bad.yml"
     bad.write_text("lab: [unclosed\n")
     with pytest.raises(LabError, match="not valid YAML"):
-        lab.load_lab_spec(bad)
+        load_lab_spec(bad)
     bad.write_text("- a list\n")
     with pytest.raises(LabError, match="expected a mapping"):
-        lab.load_lab_spec(bad)
+        load_lab_spec(bad)
 
 
 # ---- prerequisites -------------------------------------------------------------------------
 
 
 def test_missing_tools_name_the_apt_get_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lab.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(lab.shutil, "which", lambda tool: None if tool == "debootstrap" else tool)
+    monkeypatch.setattr(proc.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(proc.shutil, "which", lambda tool: None if tool == "debootstrap" else tool)
     with pytest.raises(LabError) as info:
-        lab.check_prerequisites()
+        proc.check_prerequisites()
     assert "missing debootstrap" in str(info.value)
     assert "apt-get install debootstrap systemd-container iproute2 openssh-client" in str(
         info.value
@@ -372,31 +379,31 @@ def test_missing_tools_name_the_apt_get_fix(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_not_root_is_an_error_that_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(proc.os, "geteuid", lambda: 1000)
     with pytest.raises(LabError, match="needs root"):
-        lab.check_prerequisites()
+        proc.check_prerequisites()
 
 
 # ---- stand-in services ---------------------------------------------------------------------
 
 
 def test_services_have_unique_names_and_ports() -> None:
-    names = [s.name for s in labsvc.SERVICES]
-    ports = [(s.bind, s.port) for s in labsvc.SERVICES]
+    names = [s.name for s in registry.SERVICES]
+    ports = [(s.bind, s.port) for s in registry.SERVICES]
     assert len(set(names)) == len(names) and len(set(ports)) == len(ports)
-    assert labsvc.find_service("aptproxy") is labsvc.APT_PROXY
-    assert labsvc.APT_PROXY.port == aptproxy.PORT
+    assert registry.find_service("aptproxy") is registry.APT_PROXY
+    assert registry.APT_PROXY.port == aptproxy.PORT
 
 
 def test_apt_proxy_command_binds_the_gateway_and_allows_the_machine_mirrors(
-    spec: lab.LabSpec, monkeypatch: pytest.MonkeyPatch
+    spec: LabSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lab, "machine_mirror_hosts", lambda: ("deb.debian.org", "m.example:8080"))
-    argv = labsvc.APT_PROXY.argv(spec)
+    monkeypatch.setattr(apt, "machine_mirror_hosts", lambda: ("deb.debian.org", "m.example:8080"))
+    argv = registry.APT_PROXY.argv(spec)
     assert argv[:3] == [sys.executable, "-m", "opskit.lab.standins.aptproxy"]
     assert argv[argv.index("--listen") + 1] == "10.213.0.1"
     assert argv[argv.index("--allow") + 1 :] == ["deb.debian.org", "m.example:8080"]
-    assert labsvc.APT_PROXY.address(spec) == "10.213.0.1"
+    assert registry.APT_PROXY.address(spec) == "10.213.0.1"
 
 
 @pytest.mark.parametrize(
@@ -431,7 +438,7 @@ def test_old_base_images_beyond_the_most_recent_other_one_are_removed(tmp_path: 
     current = tmp_path / "base-000000000000"
     current.mkdir()
     messages: list[str] = []
-    lab._remove_old_images(tmp_path, keep=current, progress=messages.append)
+    image._remove_old_images(tmp_path, keep=current, progress=messages.append)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
         "base-000000000000",
         "base-cccccccccccc",

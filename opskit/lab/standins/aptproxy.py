@@ -6,7 +6,11 @@ URI (``GET http://deb.debian.org/debian/dists/... HTTP/1.1``). This proxy forwar
 the mirror hosts named with ``--allow`` (the machine's own apt mirrors) and streams the answer back.
 Anything else is refused: other hosts get 403, ``CONNECT`` (https tunnels) and other methods 405.
 
-Run by ``opskit.lab.ops.up`` (see ``opskit.lab.standins``)::
+Requests in absolute form are what an HTTP client sends to a proxy (RFC 9112 §3.2.2,
+https://www.rfc-editor.org/rfc/rfc9112#section-3.2.2); apt's proxy setting: apt.conf(5),
+https://manpages.debian.org/bookworm/apt/apt.conf.5.en.html.
+
+Run by ``opskit.lab.lifecycle.up`` (see ``opskit.lab.registry``)::
 
     python -m opskit.lab.standins.aptproxy --listen 10.213.0.1 --port 3142 --allow deb.debian.org
 

@@ -3,9 +3,12 @@
 Run as
 ``python -m opskit.lab.standins.inbox --kind slack|heartbeat --listen ADDR --port N --dir DIR``.
 Every accepted request is appended as one JSON line to ``DIR/inbox.jsonl`` (read it with
-``opskit.lab.standins.read_inbox(spec, name)``), so a person or a test sees what a host sent.
+``opskit.lab.registry.read_inbox(spec, name)``), so a person or a test sees what a host sent.
 
-Slack (``POST /services/T…/B…/<token>``) answers as Slack documents it: 200 ``ok``; 400
+Slack (``POST /services/T…/B…/<token>``) answers as Slack documents it
+(https://api.slack.com/messaging/webhooks; errors:
+https://api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks; rate limits:
+https://api.slack.com/docs/rate-limits): 200 ``ok``; 400
 ``invalid_payload`` (body not JSON or not an object), 400 ``no_text`` (none of text, blocks,
 attachments), 404 ``no_service`` (path not a webhook path), 429 with ``Retry-After`` over about one
 message per second (bursts of 5 tolerated). Heartbeat (``GET|POST|HEAD /<token>``) answers 200.

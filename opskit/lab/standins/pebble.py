@@ -1,5 +1,8 @@
 """The lab's ACME CA: Debian's `pebble` (a test-only ACME server) on the lab bridge.
 
+Its configuration, environment variables and management interface are documented in its README:
+https://github.com/letsencrypt/pebble.
+
 `inv lab.up` runs ``/usr/bin/pebble -config <state_dir>/services/pebble/pebble.json`` with
 ``PEBBLE_VA_ALWAYS_VALID=1`` (the lab has no DNS: every challenge is taken as valid without
 pebble fetching it), ``PEBBLE_VA_NOSLEEP=1`` and ``PEBBLE_WFE_NONCEREJECT=0`` (pebble otherwise
@@ -20,14 +23,15 @@ management interface (``/roots/0``), which the lab inventory gives ``inv audit``
 
 Pebble keeps everything in memory: its issuing root and intermediate are new at every start
 (``inv certs.status`` shows "Pebble Intermediate CA <random>" as issuer), and it forgets the
-ACME accounts hosts registered; ``opskit.certs.ops`` re-registers a host whose account the server
-no longer knows.
+ACME accounts hosts registered; ``opskit.certs`` re-registers a host whose account the server no
+longer knows.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from pathlib import Path
 
 from opskit.lab.standins.pki import make_pki
@@ -39,6 +43,10 @@ SERVER_NAME = "acme.opskit.lab"
 CA_NAME = "opskit lab ACME CA"
 VALIDITY_SECONDS = 90 * 24 * 3600
 ENV = {"PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+
+
+class PebbleError(RuntimeError):
+    """pebble cannot be prepared or did not give its root; the message says why and what to do."""
 
 
 def config(address: str, pki: Path) -> dict[str, object]:
@@ -92,9 +100,7 @@ def _names(pem: Path, address: str) -> bool:
 def prepare(directory: Path, address: str) -> Path:
     """Write pebble's PKI and configuration under `directory`; return the config file."""
     if not Path(PEBBLE).exists():
-        from opskit.lab.ops import LabError
-
-        raise LabError(
+        raise PebbleError(
             f"{PEBBLE} is missing: the lab's ACME CA is Debian's pebble package "
             "(run: bash scripts/bootstrap, or apt-get install pebble)"
         )
@@ -106,11 +112,7 @@ def prepare(directory: Path, address: str) -> Path:
 
 def save_roots(directory: Path, address: str, *, timeout: float = 20.0) -> Path:
     """Write the issuing root pebble made at this start to ``directory/roots.pem``."""
-    import time
-
-    import requests
-
-    from opskit.lab.ops import LabError
+    import requests  # only the lab's `up` needs it, once pebble listens
 
     url = f"https://{address}:{MGMT_PORT}/roots/0"
     deadline = time.monotonic() + timeout
@@ -123,7 +125,7 @@ def save_roots(directory: Path, address: str, *, timeout: float = 20.0) -> Path:
         except requests.RequestException as exc:
             problem = str(exc)
         if time.monotonic() > deadline:
-            raise LabError(f"pebble's root from {url}: {problem}")
+            raise PebbleError(f"pebble's root from {url}: {problem}")
         time.sleep(0.2)
     path = directory / "roots.pem"
     tmp = path.with_suffix(".tmp")

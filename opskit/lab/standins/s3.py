@@ -3,7 +3,8 @@
 Run as ``python -m opskit.lab.standins.s3 --listen ADDR --port N``. State is in memory: buckets and
 objects last as long as the process (``inv lab.down`` forgets them). Lab hosts and the laptop
 reach it at ``http://<gateway>:<port>`` (``backup_s3_endpoint`` in the lab inventory); moto
-accepts any credentials, which the lab still passes as secrets (lab secrets file).
+accepts any credentials, which the lab still passes as secrets (lab secrets file). moto's server
+mode: https://docs.getmoto.org/en/latest/docs/server_mode.html.
 """
 
 from __future__ import annotations

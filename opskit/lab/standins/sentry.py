@@ -2,7 +2,11 @@
 
 Run as ``python -m opskit.lab.standins.sentry --listen ADDR --port N --dir DIR --secrets FILE``. One
 organization (``--org``) with one project (``--project``, id 1) whose DSN is ``SENTRY_DSN`` of
-the lab's secrets file. As Sentry documents it (../shared/reference/services.md §3):
+the lab's secrets file. As Sentry documents it: the web API at https://docs.sentry.io/api/
+(releases, deploys; issue alert rules:
+https://docs.sentry.io/api/alerts/create-an-issue-alert-rule-for-a-project/), ingestion and its
+authentication at https://develop.sentry.dev/sdk/overview/ and envelopes at
+https://develop.sentry.dev/sdk/data-model/envelopes/:
 
 Web API (``Authorization: Bearer <SENTRY_AUTH_TOKEN>``, else 401 ``{"detail": ...}``):
 
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from opskit.core.secrets import read_secrets_file
 from opskit.lab.standins.inbox import JsonStandInHandler, consume_fault
 
 PROJECT_ID = "1"
@@ -377,8 +382,6 @@ def make_handler(store: Store, token: str, public_key: str) -> type[BaseHTTPRequ
 
 
 def main(argv: list[str] | None = None) -> None:
-    from opskit.core.secrets import read_secrets_file
-
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--listen", required=True, help="address (the bridge's or 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True)

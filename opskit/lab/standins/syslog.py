@@ -3,10 +3,12 @@
 Run as ``python -m opskit.lab.standins.syslog --listen ADDR --port N --dir DIR --cert C --key K``.
 It accepts TCP connections, does the TLS handshake with the given certificate, and reads syslog
 messages framed as Papertrail accepts them (newline-terminated, or RFC 6587 octet-counted), in
-RFC 5424 or RFC 3164 form (../shared/reference/services.md §2.1). Each message becomes one JSON
-line in ``DIR/inbox.jsonl`` (``host``, ``app``, ``msg``, ``raw``, ``from``); a failed handshake
-(a client that does not trust our certificate, or does not speak TLS) is written to
-``DIR/errors.jsonl`` instead, so the inbox only ever holds what arrived over TLS.
+RFC 5424 or RFC 3164 form, both of which Papertrail detects (http://help.papertrailapp.com/kb/
+configuration/configuring-remote-syslog-from-embedded-or-proprietary-systems/; the framing:
+https://www.rfc-editor.org/rfc/rfc6587). Each message becomes one JSON line in
+``DIR/inbox.jsonl`` (``host``, ``app``, ``msg``, ``raw``, ``from``); a failed handshake (a client
+that does not trust our certificate, or does not speak TLS) is written to ``DIR/errors.jsonl``
+instead, so the inbox only ever holds what arrived over TLS.
 
 The lab runs two: ``syslog`` with a certificate from the lab's CA (the one the hosts are told to
 trust, ``DIR/pki/ca.pem``), and ``syslog-wrongcert`` with a certificate of the same name from

@@ -2,8 +2,9 @@
 
 Run as
 ``python -m opskit.lab.standins.uptimerobot --listen ADDR --port N --dir DIR --secrets FILE``.
-It speaks the subset of ``https://api.uptimerobot.com/v3`` that opskit uses, as the official
-provider's client does (../shared/reference/services.md §1.5):
+It speaks the subset of ``https://api.uptimerobot.com/v3`` that opskit uses, as UptimeRobot
+documents it (https://uptimerobot.com/api/v3) and its official Terraform provider's client speaks
+it (https://github.com/uptimerobot/terraform-provider-uptimerobot, ``internal/client/``):
 
 * ``Authorization: Bearer <key>`` where the key is ``UPTIMEROBOT_API_KEY`` of the lab's secrets
   file; anything else gets 401.
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from opskit.core.secrets import read_secrets_file
 from opskit.lab.standins.inbox import JsonStandInHandler, consume_fault
 
 TYPES = ("HTTP", "KEYWORD", "PING", "PORT", "HEARTBEAT", "DNS", "API", "UDP")
@@ -335,8 +337,6 @@ def make_handler(store: Store, api_key: str, page_size: int) -> type[BaseHTTPReq
 
 
 def main(argv: list[str] | None = None) -> None:
-    from opskit.core.secrets import read_secrets_file
-
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--listen", required=True, help="address (the bridge's or 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True)
