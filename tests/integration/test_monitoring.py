@@ -22,7 +22,9 @@ from opskit.core.secrets import Secret
 from opskit.fleet.verify import run_verify
 from opskit.lab import ops as lab
 from opskit.lab import standins as labsvc
-from opskit.monitoring.ops import declared, sentry_release, sync
+from opskit.monitoring.declared import declared
+from opskit.monitoring.releases import sentry_release
+from opskit.monitoring.sync import sync
 from tests.integration.conftest import inv, write_inventory
 
 ROLES = ["healthcheck", "papertrail"]
