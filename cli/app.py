@@ -99,7 +99,7 @@ def deploy(
 def _record_sentry_release(inv, selected, sha, started, *, ref=None, json):
     """Tell Sentry about the release now live (skipped when the inventory has no Sentry)."""
     from opskit.clients import ApiError
-    from opskit.monitoring import ops as monitoring
+    from opskit.monitoring import releases as monitoring
 
     try:
         made = monitoring.sentry_release(inv, sha, hosts=selected, ref=ref, started=started)

@@ -35,20 +35,21 @@ def monitoring_sync(
 ):
     """UptimeRobot monitors and Sentry alert rules as the inventory declares (plan; --apply)."""
     from opskit.clients import ApiError
-    from opskit.monitoring import ops as monitoring
+    from opskit.monitoring.declared import declared
+    from opskit.monitoring.sync import format_sync, sync, sync_json
 
     inv, selected = cli.load(inventory, hosts)
     try:
-        decl = monitoring.declared(inv, selected)
-        result = monitoring.sync(decl, apply=apply)
+        decl = declared(inv, selected)
+        result = sync(decl, apply=apply)
     except ConfigError as exc:
         raise cli.usage_error(exc) from None
     except ApiError as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
     if json:
-        print(monitoring.sync_json(result), end="")
+        print(sync_json(result), end="")
     else:
-        print(monitoring.format_sync(result, verbose=verbose), end="")
+        print(format_sync(result, verbose=verbose), end="")
         for line in result.done:
             print(line)
     if result.conflicts:
@@ -60,7 +61,7 @@ def monitoring_sync(
 def _print_health(rows, json_out):
     import json as jsonlib
 
-    from opskit.monitoring.ops import format_status
+    from opskit.monitoring.health import format_status
 
     if json_out:
         print(
@@ -87,7 +88,7 @@ def _print_health(rows, json_out):
 )
 def monitoring_check(c, inventory=None, hosts=None, json=False, no_alert=False):
     """Run the health check on the hosts now, as cron does (alerts Slack on a change)."""
-    from opskit.monitoring.ops import health_hosts
+    from opskit.monitoring.health import health_hosts
 
     inv, selected = cli.load(inventory, hosts)
     _print_health(health_hosts(inv, selected, run=True, alert=not no_alert), json)
@@ -96,7 +97,7 @@ def monitoring_check(c, inventory=None, hosts=None, json=False, no_alert=False):
 @task(help=H("inventory", "hosts", "json"))
 def monitoring_status(c, inventory=None, hosts=None, json=False):
     """Show each host's last health-check result (its status file); runs nothing."""
-    from opskit.monitoring.ops import health_hosts
+    from opskit.monitoring.health import health_hosts
 
     inv, selected = cli.load(inventory, hosts)
     _print_health(health_hosts(inv, selected, run=False), json)

@@ -1,22 +1,35 @@
-"""healthcheck: a health-check script, its config from the inventory, cron, Slack alerts."""
+"""healthcheck: a health-check program, its config from the inventory, cron, Slack alerts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
+from opskit.app.spec import AppLayout
 from opskit.core.errors import ConfigError
 from opskit.core.render import managed_by
 from opskit.core.secrets import Secret
-from opskit.resources import CronEntry, Directory, File, Resource, Template
-
-SCRIPT = "/usr/local/bin/opskit-healthcheck"
-CONFIG = "/etc/opskit/healthcheck.json"
-WEBHOOK_FILE = "/etc/opskit/healthcheck-slack-webhook"
-STATE_DIR = "/var/lib/opskit/healthcheck"
-STATUS_FILE = f"{STATE_DIR}/status.json"  # what `inv status` and `inv monitoring.check` read
-CRON_NAME = "opskit-healthcheck"
-CHECKS = ("http", "database", "disk", "memory", "cpu", "pm2", "error_rate", "p95")
+from opskit.hostside.healthcheck import (
+    ACCESS_LOG,
+    CHECKS,
+    CONFIG_PATH,
+    CPU,
+    DATABASE,
+    DISK,
+    ERROR_RATE,
+    HTTP,
+    MEMORY,
+    P95,
+    PM2,
+    STATE_DIR,
+    AccessLogConfig,
+    ChecksConfig,
+    Config,
+    PercentConfig,
+)
+from opskit.monitoring.spec import CRON_NAME, LOG_TAG, ROLE, SCRIPT, WEBHOOK_FILE
+from opskit.resources import CronEntry, Directory, File, HostProgram, Resource
 
 
 def _number(v: Mapping[str, Any], key: str) -> float:
@@ -26,7 +39,7 @@ def _number(v: Mapping[str, Any], key: str) -> float:
     return value
 
 
-def _pair(v: Mapping[str, Any], name: str, *, percent: bool = False) -> dict[str, float]:
+def _pair(v: Mapping[str, Any], name: str, *, percent: bool = False) -> PercentConfig:
     warning = _number(v, f"healthcheck_{name}_warning")
     critical = _number(v, f"healthcheck_{name}_critical")
     if warning > critical:
@@ -57,24 +70,25 @@ def health_url(v: Mapping[str, Any]) -> str:
     return url
 
 
-def build_config(v: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON config of the script for one host (pure): only the checks that have a target."""
+def build_config(v: Mapping[str, Any]) -> Config:
+    """The JSON config of the health check for one host (pure): only the checks that have a
+    target."""
     enabled = v["healthcheck_checks"]
     if not isinstance(enabled, list) or any(c not in CHECKS for c in enabled):
         raise ConfigError(f"healthcheck_checks: a list of {', '.join(CHECKS)}; got {enabled!r}")
     remind = _number(v, "healthcheck_remind_minutes")
     if remind < 1:
         raise ConfigError("healthcheck_remind_minutes: at least 1")
-    checks: dict[str, Any] = {}
+    checks: ChecksConfig = {}
     url = health_url(v)
-    if "http" in enabled and url:
-        checks["http"] = {
+    if HTTP in enabled and url:
+        checks[HTTP] = {
             "url": url,
             "keyword": str(v["healthcheck_health_keyword"] or ""),
             "warning_ms": _number(v, "healthcheck_response_time_warning_ms"),
             "critical_ms": _number(v, "healthcheck_response_time_critical_ms"),
         }
-        if checks["http"]["warning_ms"] > checks["http"]["critical_ms"]:
+        if checks[HTTP]["warning_ms"] > checks[HTTP]["critical_ms"]:
             raise ConfigError(
                 "healthcheck_response_time_warning_ms is above "
                 "healthcheck_response_time_critical_ms"
@@ -82,61 +96,58 @@ def build_config(v: Mapping[str, Any]) -> dict[str, Any]:
     db = v["healthcheck_database_host"]
     if db is None:
         db = "127.0.0.1" if "postgresql_version" in v else ""
-    if "database" in enabled and db:
-        checks["database"] = {"host": str(db), "port": int(v["healthcheck_database_port"])}
-    if "disk" in enabled:
+    if DATABASE in enabled and db:
+        checks[DATABASE] = {"host": str(db), "port": int(v["healthcheck_database_port"])}
+    if DISK in enabled:
         paths = v["healthcheck_disk_paths"]
         if not isinstance(paths, list) or not all(str(p).startswith("/") for p in paths):
             raise ConfigError(f"healthcheck_disk_paths: a list of absolute paths, got {paths!r}")
-        checks["disk"] = {"paths": [str(p) for p in paths], **_pair(v, "disk", percent=True)}
-    if "memory" in enabled:
-        checks["memory"] = _pair(v, "memory", percent=True)
-    if "cpu" in enabled:
-        checks["cpu"] = {**_pair(v, "cpu", percent=True), "sample_seconds": 1}
+        checks[DISK] = {"paths": [str(p) for p in paths], **_pair(v, "disk", percent=True)}
+    if MEMORY in enabled:
+        checks[MEMORY] = _pair(v, "memory", percent=True)
+    if CPU in enabled:
+        checks[CPU] = {**_pair(v, "cpu", percent=True), "sample_seconds": 1}
     user = v["healthcheck_pm2_user"]
     if user is None:
         user = v.get("app_user", "")
     apps = v["healthcheck_pm2_apps"]
     if apps is None:
         apps = [v["app_name"]] if "app_name" in v else []
-    if "pm2" in enabled and user:
-        checks["pm2"] = {
+    if PM2 in enabled and user:
+        restarts = _pair(v, "pm2_restarts")
+        checks[PM2] = {
             "user": str(user),
             "home": f"/home/{user}/.pm2",
             "apps": [str(a) for a in apps],
-            **_pair(v, "pm2_restarts"),
+            "restarts_warning": restarts["warning"],
+            "restarts_critical": restarts["critical"],
         }
-        checks["pm2"]["restarts_warning"] = checks["pm2"].pop("warning")
-        checks["pm2"]["restarts_critical"] = checks["pm2"].pop("critical")
         if "app_name" in v:  # a deploy's reload restarts every process: not counted (below)
-            from opskit.app.spec import AppLayout
-
-            checks["pm2"]["current"] = AppLayout.from_vars(v).current
+            checks[PM2]["current"] = AppLayout.from_vars(v).current
     log = v["healthcheck_access_log"]
     if log is None:
         log = "/var/log/nginx/access.log" if "nginx_server_names" in v else ""
-    if log and ("error_rate" in enabled or "p95" in enabled):
-        access: dict[str, Any] = {
+    if log and (ERROR_RATE in enabled or P95 in enabled):
+        access: AccessLogConfig = {
             "path": str(log),
             "window_minutes": _number(v, "healthcheck_window_minutes"),
             "min_requests": int(_number(v, "healthcheck_min_requests")),
         }
-        if "error_rate" in enabled:
+        if ERROR_RATE in enabled:
             pair = _pair(v, "error_rate", percent=True)
-            access.update(error_rate_warning=pair["warning"], error_rate_critical=pair["critical"])
-        if "p95" in enabled:
-            access.update(
-                p95_warning_ms=_number(v, "healthcheck_p95_warning_ms"),
-                p95_critical_ms=_number(v, "healthcheck_p95_critical_ms"),
-            )
-        checks["access_log"] = access
+            access["error_rate_warning"] = pair["warning"]
+            access["error_rate_critical"] = pair["critical"]
+        if P95 in enabled:
+            access["p95_warning_ms"] = _number(v, "healthcheck_p95_warning_ms")
+            access["p95_critical_ms"] = _number(v, "healthcheck_p95_critical_ms")
+        checks[ACCESS_LOG] = access
     hints = v["healthcheck_hints"]
     if not isinstance(hints, dict) or any(k not in CHECKS for k in hints):
         raise ConfigError(
             f"healthcheck_hints: a mapping of check name to text ({', '.join(CHECKS)})"
         )
     return {
-        "_comment": managed_by("healthcheck"),
+        "_comment": managed_by(ROLE),
         "host": str(v["healthcheck_host_label"] or ""),
         "remind_minutes": remind,
         "timeout": _number(v, "healthcheck_timeout"),
@@ -177,24 +188,22 @@ def webhook(v: Mapping[str, Any]) -> Secret:
 def resources(v: Mapping[str, Any]) -> list[Resource]:
     """The desired state of roles/healthcheck/README.md for one host's variables."""
     url = webhook(v)
-    config = build_config(v)
-    variables = {**v, "healthcheck_config": config, "healthcheck_config_path": CONFIG}
+    config = json.dumps(build_config(v), indent=1, sort_keys=True) + "\n"
     return [
         Directory("/etc/opskit", 0o755),
         Directory("/var/lib/opskit", 0o755),
         Directory(STATE_DIR, 0o755),
         File(WEBHOOK_FILE, f"{url}\n", mode=0o600, sensitive=True),
-        Template(CONFIG, "healthcheck/healthcheck.json.j2", variables, mode=0o644),
-        Template(
+        File(CONFIG_PATH, config, mode=0o644),
+        HostProgram(
             SCRIPT,
-            "healthcheck/opskit-healthcheck.j2",
-            variables,
-            mode=0o755,
+            "healthcheck",
+            role=ROLE,
             validate="python3 -c 'import ast,sys; ast.parse(open(sys.argv[1]).read())' %s",
         ),
         CronEntry(
             CRON_NAME,
             str(v["healthcheck_schedule"]),
-            f"{SCRIPT} --quiet 2>&1 | logger -t opskit-healthcheck",
+            f"{SCRIPT} --quiet 2>&1 | logger -t {LOG_TAG}",
         ),
     ]

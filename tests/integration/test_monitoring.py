@@ -23,7 +23,9 @@ from opskit.fleet.verify import run_verify
 from opskit.lab import registry as labsvc
 from opskit.lab.nspawn import exec_in
 from opskit.lab.spec import LabSpec, gateway_ip
-from opskit.monitoring.ops import declared, sentry_release, sync
+from opskit.monitoring.declared import declared
+from opskit.monitoring.releases import sentry_release
+from opskit.monitoring.sync import sync
 from tests.integration.conftest import inv, write_inventory
 
 ROLES = ["healthcheck", "papertrail"]

@@ -15,19 +15,11 @@ from opskit.clients.uptimerobot import UptimeRobotClient
 from opskit.core.errors import ConfigError
 from opskit.core.inventory import load_inventory
 from opskit.core.secrets import Secret
-from opskit.monitoring.ops import (
-    MonitorSpec,
-    SentrySettings,
-    UptimeRobotSettings,
-    declared,
-    default_rules,
-    format_sync,
-    normalize_rule,
-    plan_monitors,
-    plan_rules,
-    sentry_release,
-    sync,
-)
+from opskit.monitoring.declared import declared
+from opskit.monitoring.monitors import MonitorSpec, UptimeRobotSettings, plan_monitors
+from opskit.monitoring.releases import sentry_release
+from opskit.monitoring.rules import SentrySettings, default_rules, normalize_rule, plan_rules
+from opskit.monitoring.sync import format_sync, sync
 
 KEY = Secret("u123-supersecretkey")
 TOKEN = Secret("sntryu_supersecrettoken")

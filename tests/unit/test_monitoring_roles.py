@@ -1,5 +1,6 @@
-"""The healthcheck and papertrail roles (pure), and the health-check script itself, run locally
-against small HTTP servers standing in for the app and Slack."""
+"""The healthcheck and papertrail roles (pure), and the health check itself (a host program
+imported like any module), run locally against small HTTP servers standing in for the app and
+Slack."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import threading
 import time
-import types
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from opskit.core.errors import ConfigError
-from opskit.core.render import render
 from opskit.core.roles import available_roles
 from opskit.core.secrets import Secret
+from opskit.hostside import healthcheck as hc
+from opskit.monitoring.spec import SCRIPT, WEBHOOK_FILE
 from opskit.resources import File
+from opskit.resources.files import host_program_source
 
 HOOK = Secret("https://hooks.test/services/T1/B1/verysecret")
 
@@ -95,21 +97,34 @@ def test_webhook_must_be_a_secret_and_goes_only_to_a_0600_file():
     assert "*/5 * * * * root /usr/local/bin/opskit-healthcheck --quiet" in cron
 
 
+def test_the_role_installs_the_host_program_verbatim_and_its_config_as_json():
+    v = hc_vars(
+        app_port=3000,
+        app_user="app",
+        app_name="shop",
+        nginx_server_names=["_"],
+        postgresql_version=16,
+    )
+    files = {r.path: r for r in role("healthcheck").resources(v) if isinstance(r, File)}
+    program = files[SCRIPT]
+    assert program.content == host_program_source("healthcheck", "healthcheck")
+    assert program.mode == 0o755 and program.validate and "ast.parse" in program.validate
+    assert program.content.startswith("#!/usr/bin/python3\n# Managed by opskit, role healthcheck")
+    config = json.loads(files[hc.CONFIG_PATH].content)
+    assert config == role("healthcheck").build_config(v)
+    assert config["state_dir"] == hc.STATE_DIR and config["slack_webhook_file"] == WEBHOOK_FILE
+    # Every section is one the program runs, and every check name one it reports.
+    assert set(config["checks"]) == set(hc.ChecksConfig.__annotations__)
+    assert set(v["healthcheck_checks"]) == set(hc.CHECKS)
+    assert config["checks"]["pm2"]["current"] == "/srv/shop/current"
+
+
 def test_bad_schedule_is_refused():
     with pytest.raises(ConfigError, match="cron schedule"):
         role("healthcheck").resources(hc_vars(healthcheck_schedule="*/5 * * *"))
 
 
-# --- the script --------------------------------------------------------------------------------
-
-
-def load_script() -> types.ModuleType:
-    text = render(
-        "healthcheck/opskit-healthcheck.j2", {"healthcheck_config_path": "/nonexistent.json"}
-    )
-    module = types.ModuleType("opskit_healthcheck_script")
-    exec(compile(text, "opskit-healthcheck", "exec"), module.__dict__)
-    return module
+# --- the health check (opskit/hostside/healthcheck.py), run here against local servers -------
 
 
 class Servers:
@@ -192,19 +207,18 @@ def write_config(tmp_path: Path, servers: Servers, **checks) -> Path:
 
 
 def test_one_alert_when_the_app_goes_down_none_after_then_recovery(tmp_path, servers, capsys):
-    script = load_script()
     config = str(write_config(tmp_path, servers))
-    assert script.main(["--config", config]) == 0 and servers.slack == []
+    assert hc.main(["--config", config]) == 0 and servers.slack == []
     servers.up = False
-    assert script.main(["--config", config]) == 2
+    assert hc.main(["--config", config]) == 2
     assert len(servers.slack) == 1
     alert = servers.slack[0]
     assert alert["text"] == ":red_circle: CRITICAL web1: http critical"
     assert "HTTP 503" in alert["attachments"][0]["fields"][0]["value"]
     assert alert["attachments"][0]["text"].startswith("What to do first: Check the app:")
-    assert script.main(["--config", config]) == 2 and len(servers.slack) == 1  # no spam
+    assert hc.main(["--config", config]) == 2 and len(servers.slack) == 1  # no spam
     servers.up = True
-    assert script.main(["--config", config]) == 0
+    assert hc.main(["--config", config]) == 0
     assert len(servers.slack) == 2 and "RECOVERED web1" in servers.slack[1]["text"]
     status = json.loads((tmp_path / "state" / "status.json").read_text())
     assert status["level"] == "ok" and status["alert"]["sent"] == "recovered"
@@ -213,48 +227,44 @@ def test_one_alert_when_the_app_goes_down_none_after_then_recovery(tmp_path, ser
 
 
 def test_reminder_after_remind_minutes_and_escalation_at_once(tmp_path, servers):
-    script = load_script()
     config = write_config(tmp_path, servers, disk={"paths": ["/"], "warning": 0, "critical": 100})
-    assert script.main(["--config", str(config)]) == 1
+    assert hc.main(["--config", str(config)]) == 1
     assert servers.slack[-1]["text"].startswith(":warning: WARNING web1: disk warning")
     servers.up = False  # a new problem: alerted at once, as a change
-    assert script.main(["--config", str(config)]) == 2
+    assert hc.main(["--config", str(config)]) == 2
     assert "(changed)" in servers.slack[-1]["text"] and len(servers.slack) == 2
     state_file = tmp_path / "state" / "state.json"
     state = json.loads(state_file.read_text())
     state["last_sent"] -= 3601
     state_file.write_text(json.dumps(state))
-    assert script.main(["--config", str(config)]) == 2
+    assert hc.main(["--config", str(config)]) == 2
     assert "(still failing)" in servers.slack[-1]["text"] and len(servers.slack) == 3
 
 
 def test_slack_failure_is_retried_on_the_next_run_and_429_at_once(tmp_path, servers, capsys):
-    script = load_script()
     config = str(write_config(tmp_path, servers))
     servers.up = False
     servers.slack_status = [429, 200, 200]  # a 429 is retried within the run
-    assert script.main(["--config", config]) == 2 and len(servers.slack) == 1
+    assert hc.main(["--config", config]) == 2 and len(servers.slack) == 1
     servers.up = True
     servers.slack_status = [500, 200]  # fails for this run: kept for the next
-    assert script.main(["--config", config]) == 0 and len(servers.slack) == 1
+    assert hc.main(["--config", config]) == 0 and len(servers.slack) == 1
     err = capsys.readouterr().err
     assert "could not alert Slack (recovered): Slack answered HTTP 500" in err
     assert servers.slack_url not in err
-    assert script.main(["--config", config]) == 0
+    assert hc.main(["--config", config]) == 0
     assert "RECOVERED" in servers.slack[-1]["text"]
 
 
 def test_missing_webhook_file_is_reported_not_crashing(tmp_path, servers, capsys):
-    script = load_script()
     config = write_config(tmp_path, servers)
     (tmp_path / "hook").unlink()
     servers.up = False
-    assert script.main(["--config", str(config)]) == 2
+    assert hc.main(["--config", str(config)]) == 2
     assert "cannot read the webhook file" in capsys.readouterr().err
 
 
 def test_access_log_error_rate_and_p95(tmp_path):
-    script = load_script()
     now = datetime.now(UTC)
     stamp = now.strftime("%d/%b/%Y:%H:%M:%S +0000")
     old = (now - timedelta(minutes=30)).strftime("%d/%b/%Y:%H:%M:%S +0000")
@@ -272,40 +282,35 @@ def test_access_log_error_rate_and_p95(tmp_path):
         "p95_warning_ms": 500,
         "p95_critical_ms": 2000,
     }
-    rate, p95 = script.check_access_log(c, now)
+    rate, p95 = hc.check_access_log(c, now)
     assert rate["level"] == "critical" and rate["percent"] == 10.0
     assert p95["level"] == "critical" and p95["ms"] == 3000
 
 
 def test_pm2_missing_is_reported_as_such(tmp_path):
-    script = load_script()
     state: dict = {}
-    [r] = script.check_pm2(
-        {"user": "app", "home": str(tmp_path), "bin": "/nonexistent/pm2"}, state, 5
-    )
+    [r] = hc.check_pm2({"user": "app", "home": str(tmp_path), "bin": "/nonexistent/pm2"}, state, 5)
     assert r["level"] == "warning" and "pm2 is not installed" in r["summary"]
 
 
 def test_pm2_daemon_not_running_is_critical_without_starting_one(tmp_path):
-    script = load_script()
     fake = tmp_path / "pm2"
     fake.write_text("#!/bin/sh\ntouch " + str(tmp_path / "started") + "\n")
     fake.chmod(0o755)
-    [r] = script.check_pm2({"user": "app", "home": str(tmp_path), "bin": str(fake)}, {}, 5)
+    [r] = hc.check_pm2({"user": "app", "home": str(tmp_path), "bin": str(fake)}, {}, 5)
     assert r["level"] == "critical" and "not running" in r["summary"]
     assert not (tmp_path / "started").exists()
 
 
 def test_decide():
-    script = load_script()
     now = time.time()
-    assert script.decide({}, {}, "ok", now, 3600) is None
-    assert script.decide({}, {"http": "critical"}, "critical", now, 3600) == "alert"
+    assert hc.decide({}, {}, "ok", now, 3600) is None
+    assert hc.decide({}, {"http": "critical"}, "critical", now, 3600) == "alert"
     sent = {"notified": {"http": "critical"}, "last_sent": now - 60}
-    assert script.decide(sent, {"http": "critical"}, "critical", now, 3600) is None
-    assert script.decide(sent, {"http": "critical"}, "critical", now + 3600, 3600) == "reminder"
-    assert script.decide(sent, {"http": "warning"}, "warning", now, 3600) == "changed"
-    assert script.decide(sent, {}, "ok", now, 3600) == "recovered"
+    assert hc.decide(sent, {"http": "critical"}, "critical", now, 3600) is None
+    assert hc.decide(sent, {"http": "critical"}, "critical", now + 3600, 3600) == "reminder"
+    assert hc.decide(sent, {"http": "warning"}, "warning", now, 3600) == "changed"
+    assert hc.decide(sent, {}, "ok", now, 3600) == "recovered"
 
 
 # --- papertrail role ---------------------------------------------------------------------------
