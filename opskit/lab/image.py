@@ -1,5 +1,7 @@
-"""The lab's base image: a debootstrapped Debian 12 tree, built once, shared read-only by every
-host as the lower layer of its overlay.
+"""The lab's base images: debootstrapped Debian trees, built once, shared read-only by the hosts
+as the lower layer of their overlays. One image per kind (`ImageKind`: suite and baked-in package
+list): a "baked" host boots from its suite's image with ``lab.packages``, a "bare" host from the
+minimal one (systemd, openssh-server, sudo, python3: what a hosting provider hands over).
 
 On disk::
 
@@ -26,6 +28,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from opskit.lab.apt import (
@@ -50,7 +53,7 @@ from opskit.lab.proc import (
     umount_under,
     write_file,
 )
-from opskit.lab.spec import LabError, LabSpec, gateway_ip
+from opskit.lab.spec import SUITES, LabError, LabHost, LabSpec, gateway_ip
 
 # Bump when the image recipe (_build_image / _configure_image) changes: it is part of the key.
 RECIPE_VERSION = 2
@@ -62,7 +65,34 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2"
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 
 
-def base_image_key(packages: Collection[str], baked: Mapping[str, str] | None = None) -> str:
+@dataclass(frozen=True)
+class ImageKind:
+    """What distinguishes base images: the Debian suite and the packages baked in."""
+
+    suite: str
+    packages: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        extra = f"{len(self.packages)} packages" if self.packages else "bare"
+        return f"{self.suite}, {extra}"
+
+
+def image_kind(spec: LabSpec, host: LabHost) -> ImageKind:
+    """The image `host` boots from.
+
+    >>> from pathlib import Path
+    >>> spec = LabSpec(Path("/s"), Path("/c"), "b", "10.0.0.1/24", ("nginx",), (), "d",
+    ...                Path("/k"), Path("/h"))
+    >>> image_kind(spec, LabHost("w", "10.0.0.2", "trixie", "bare"))
+    ImageKind(suite='trixie', packages=())
+    """
+    return ImageKind(host.suite, spec.packages if host.image == "baked" else ())
+
+
+def base_image_key(
+    packages: Collection[str], baked: Mapping[str, str] | None = None, suite: str = SUITE
+) -> str:
     """Short sha256 naming a base image: the package set, the recipe and what is baked in.
 
     The order of `packages` does not matter; `baked` holds values written into the image
@@ -73,7 +103,7 @@ def base_image_key(packages: Collection[str], baked: Mapping[str, str] | None = 
     """
     payload = {
         "recipe": RECIPE_VERSION,
-        "suite": SUITE,
+        "suite": suite,
         "packages": sorted(set(packages)),
         "baked": dict(sorted((baked or {}).items())),
     }
@@ -81,25 +111,30 @@ def base_image_key(packages: Collection[str], baked: Mapping[str, str] | None = 
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def ensure_base_image(spec: LabSpec, progress: Progress = noop) -> Path:
-    """Return the cached base image for `spec`, building it first if needed (a few minutes).
+def ensure_base_images(
+    spec: LabSpec, kinds: Collection[ImageKind], progress: Progress = noop
+) -> dict[ImageKind, Path]:
+    """Return the cached base image of each kind, building the missing ones (minutes each).
 
     Images are keyed by base_image_key(); several inventories can share one cache_dir. Besides
-    the image returned, the most recently used other image is kept (``base-<key>.used`` stamps),
+    the images returned, the most recently used others are kept (``base-<key>.used`` stamps),
     and no image a host has mounted is ever removed; older ones are deleted.
     """
     check_prerequisites()
     sources = read_machine_apt_sources()
     mirror = pick_mirror(sources)
-    key = base_image_key(spec.packages, _baked(spec, mirror))
-    image = spec.cache_dir / f"base-{key}"
     spec.cache_dir.mkdir(parents=True, exist_ok=True)
+    images: dict[ImageKind, Path] = {}
     with locked(spec.cache_dir / ".lock", progress):
-        if not (image / "etc" / "os-release").exists():
-            _build_image(spec, image, key, mirror, progress)
-        image.with_name(image.name + ".used").touch()
-        _remove_old_images(spec.cache_dir, keep=image, progress=progress)
-    return image
+        for kind in dict.fromkeys(kinds):
+            key = base_image_key(kind.packages, _baked(spec, mirror), kind.suite)
+            image = spec.cache_dir / f"base-{key}"
+            if not (image / "etc" / "os-release").exists():
+                _build_image(spec, kind, image, key, mirror, progress)
+            image.with_name(image.name + ".used").touch()
+            images[kind] = image
+        _remove_old_images(spec.cache_dir, keep=set(images.values()), progress=progress)
+    return images
 
 
 def _baked(spec: LabSpec, mirror: str) -> dict[str, str]:
@@ -108,7 +143,9 @@ def _baked(spec: LabSpec, mirror: str) -> dict[str, str]:
     return {"deploy_user": spec.deploy_user, "mirror": mirror}
 
 
-def _build_image(spec: LabSpec, image: Path, key: str, mirror: str, progress: Progress) -> None:
+def _build_image(
+    spec: LabSpec, kind: ImageKind, image: Path, key: str, mirror: str, progress: Progress
+) -> None:
     for stale in spec.cache_dir.glob(".base-*.tmp"):
         # We hold the cache lock, so nobody else is building: this is an interrupted build.
         progress(f"removing an interrupted build: {stale}")
@@ -123,11 +160,11 @@ def _build_image(spec: LabSpec, image: Path, key: str, mirror: str, progress: Pr
         "debootstrap",
         "--variant=minbase",
         f"--include={','.join(BASE_PACKAGES)}",
-        SUITE,
+        kind.suite,
         str(tmp),
         mirror,
     ]
-    progress("building base image (first time, ~2 min)…")
+    progress(f"building base image ({kind.label}; first time, minutes)…")
     started = time.monotonic()
     try:
         try:
@@ -137,7 +174,7 @@ def _build_image(spec: LabSpec, image: Path, key: str, mirror: str, progress: Pr
             with open(build_log, "a", encoding="utf-8") as out, contextlib.suppress(OSError):
                 out.write(detail.read_text(errors="replace"))
             raise
-        _configure_image(tmp, spec, build_log, progress)
+        _configure_image(tmp, spec, kind, build_log, progress)
         os.rename(tmp, image)
     except BaseException:
         remove_tree(tmp)
@@ -212,7 +249,9 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
             continue
 
 
-def _configure_image(root: Path, spec: LabSpec, build_log: Path, progress: Progress) -> None:
+def _configure_image(
+    root: Path, spec: LabSpec, kind: ImageKind, build_log: Path, progress: Progress
+) -> None:
     env = {
         "PATH": CONTAINER_PATH,
         "HOME": "/root",
@@ -227,7 +266,7 @@ def _configure_image(root: Path, spec: LabSpec, build_log: Path, progress: Progr
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
     for path in machine_source_files(Path("/etc/apt")):
         target = root / path.relative_to("/")
-        write_file(target, path.read_text(encoding="utf-8"), 0o644)
+        write_file(target, for_suite(path.read_text(encoding="utf-8"), kind.suite), 0o644)
         for keyring in re.findall(r"(?im)^\s*signed-by:\s*(/\S+)\s*$", target.read_text()):
             copy = root / keyring.lstrip("/")
             if Path(keyring).is_file() and not copy.exists():
@@ -246,8 +285,8 @@ def _configure_image(root: Path, spec: LabSpec, build_log: Path, progress: Progr
         (root / "dev/shm").mkdir(parents=True, exist_ok=True)
         run(["mount", "-t", "tmpfs", "-o", "mode=1777,size=256m", "tmpfs", str(root / "dev/shm")])
         chroot("apt-get", "update")
-        if spec.packages:
-            progress(f"base image: apt-get install {len(spec.packages)} packages (minutes)…")
+        if kind.packages:
+            progress(f"base image: apt-get install {len(kind.packages)} packages (minutes)…")
             chroot(
                 "apt-get",
                 "install",
@@ -257,7 +296,7 @@ def _configure_image(root: Path, spec: LabSpec, build_log: Path, progress: Progr
                 "-o",
                 "Dpkg::Options::=--force-unsafe-io",
                 "--",
-                *spec.packages,
+                *kind.packages,
                 phase=lambda line: line.strip() if line.startswith("Setting up ") else None,
             )
         progress("base image: configuring (deploy user, apt sources and proxy, no host keys)…")
@@ -267,7 +306,9 @@ def _configure_image(root: Path, spec: LabSpec, build_log: Path, progress: Progr
         chroot("visudo", "-cf", f"/etc/sudoers.d/{user}")
         # The packages are baked in for speed, but a real server runs a daemon only when a role
         # installed it: the roles enable what they need (a db host must not serve port 80).
-        chroot("systemctl", "disable", "--quiet", *ROLE_DAEMONS)
+        daemons = [u for u in ROLE_DAEMONS if _unit_file(root, u) is not None]
+        if daemons:
+            chroot("systemctl", "disable", "--quiet", *daemons)
         chroot("apt-get", "clean")
     finally:
         umount_under(root / "dev/shm")
@@ -292,15 +333,36 @@ def _configure_image(root: Path, spec: LabSpec, build_log: Path, progress: Progr
     )
     write_file(
         root / "etc/opskit-lab-image",
-        f"recipe={RECIPE_VERSION}\nsuite={SUITE}\npackages={' '.join(spec.packages)}\n",
+        f"recipe={RECIPE_VERSION}\nsuite={kind.suite}\npackages={' '.join(kind.packages)}\n",
     )
 
 
-KEEP_OTHER_IMAGES = 1  # besides the current one: e.g. a second inventory's
+KEEP_OTHER_IMAGES = 2  # besides the current ones: e.g. a second inventory's
 
 
-def _remove_old_images(cache_dir: Path, *, keep: Path, progress: Progress) -> None:
-    """Delete base images beyond the current one and the most recently used others."""
+def _unit_file(root: Path, unit: str) -> Path | None:
+    for d in ("lib/systemd/system", "usr/lib/systemd/system", "etc/systemd/system"):
+        if (root / d / unit).exists():
+            return root / d / unit
+    return None
+
+
+def for_suite(sources: str, suite: str) -> str:
+    """This machine's apt sources rewritten for another Debian suite (its updates and security
+    suites too); unchanged when they already name it.
+
+    >>> print(for_suite("Suites: bookworm bookworm-updates\\nURIs: http://m/debian\\n", "trixie"))
+    Suites: trixie trixie-updates
+    URIs: http://m/debian
+    <BLANKLINE>
+    >>> for_suite("deb http://m/debian-security bookworm-security main\\n", "trixie")
+    'deb http://m/debian-security trixie-security main\\n'
+    """
+    return re.sub(rf"\b({'|'.join(SUITES)})(?=(-updates|-security|-backports)?\b)", suite, sources)
+
+
+def _remove_old_images(cache_dir: Path, *, keep: set[Path], progress: Progress) -> None:
+    """Delete base images beyond the current ones and the most recently used others."""
     in_use = "\n".join(opts for _, fstype, opts in mounts() if fstype == "overlay")
 
     def last_used(image: Path) -> float:
@@ -310,7 +372,7 @@ def _remove_old_images(cache_dir: Path, *, keep: Path, progress: Progress) -> No
     others = [
         p
         for p in cache_dir.iterdir()
-        if re.fullmatch(r"base-[0-9a-f]{12}", p.name) and p.is_dir() and p != keep
+        if re.fullmatch(r"base-[0-9a-f]{12}", p.name) and p.is_dir() and p not in keep
     ]
     for old in sorted(others, key=last_used, reverse=True)[KEEP_OTHER_IMAGES:]:
         if f"lowerdir={old}," in in_use or f"lowerdir={old}:" in in_use:

@@ -32,7 +32,7 @@ from opskit.lab.hosts import (
     wipe_host,
     write_known_hosts,
 )
-from opskit.lab.image import ensure_base_image
+from opskit.lab.image import ensure_base_images, image_kind
 from opskit.lab.network import (
     ensure_bridge,
     ensure_host_net,
@@ -84,7 +84,7 @@ def up(
     raise_limits(progress)
     selected = [find_host(spec, n) for n in dict.fromkeys(hosts)] if hosts else list(spec.hosts)
     with locked(spec.state_dir / ".lock", progress):
-        image = ensure_base_image(spec, progress)
+        images = ensure_base_images(spec, [image_kind(spec, h) for h in selected], progress)
         pubkey = ensure_identity(spec)
         ensure_bridge(spec)
         start_services(spec, progress)
@@ -95,6 +95,7 @@ def up(
         for host in selected:
             paths = host_paths(spec, host.name)
             current = host_status(spec, host, check_ssh=False)
+            image = images[image_kind(spec, host)]
             recorded = paths.image.read_text().strip() if paths.image.exists() else str(image)
             if current.state == "running" and current.pid and not fresh and recorded == str(image):
                 keep[host.name] = current.pid
@@ -111,7 +112,9 @@ def up(
             if host.name in wipe:
                 progress(f"{host.name}: wiping its overlay ({wipe[host.name]})")
                 wipe_host(spec, host.name)
-            prepare_host(spec, host, image, pubkey)  # ssh-keygen -A takes ~1 s: in parallel
+            prepare_host(
+                spec, host, images[image_kind(spec, host)], pubkey
+            )  # ssh-keygen -A takes ~1 s: in parallel
             ensure_host_net(spec, host)
 
         with ThreadPoolExecutor(max_workers=max(1, len(to_boot))) as pool:

@@ -32,12 +32,23 @@ class LabError(OpsError):
     """The lab cannot do what was asked; the message says what, where and what to do."""
 
 
+SUITES = ("bookworm", "trixie")  # Debian 12 and 13
+IMAGES = ("baked", "bare")
+
+
 @dataclass(frozen=True)
 class LabHost:
-    """One lab host: its inventory name and IPv4 address on the lab bridge."""
+    """One lab host: its inventory name, IPv4 address on the lab bridge, Debian suite, and image.
+
+    `image` "baked" boots from the base image with ``lab.packages`` installed (fast converges);
+    "bare" from the minimal one a hosting provider hands over (systemd, openssh-server, sudo,
+    python3): its first provision installs every package its roles need.
+    """
 
     name: str
     address: str
+    suite: str = "bookworm"
+    image: str = "baked"
 
 
 @dataclass(frozen=True)
@@ -92,13 +103,14 @@ def load_lab_spec(inventory_path: Path) -> LabSpec:
     if not _USER_RE.match(user):
         raise LabError(f"{where}: vars.ssh_user: {user!r} is not a valid Linux user name")
 
+    hosts = _hosts(top, gateway, where)
     return LabSpec(
         state_dir=_path(lab, "state_dir", where, "lab", base),
         cache_dir=_path(lab, "cache_dir", where, "lab", base),
         bridge=bridge,
         gateway=str(gateway),
         packages=tuple(packages),
-        hosts=_hosts(top, gateway, where),
+        hosts=_host_images(lab, hosts, where),
         deploy_user=user,
         identity=_path(ssh, "identity", where, "ssh", base),
         known_hosts=_path(ssh, "known_hosts", where, "ssh", base),
@@ -197,6 +209,42 @@ def _hosts(
     if not found:
         raise LabError(f"{where}: groups: the lab needs at least one host")
     return tuple(found.values())
+
+
+def _choice(value: object, allowed: tuple[str, ...], where: str, key: str) -> str:
+    if value not in allowed:
+        raise LabError(f"{where}: {key}: {value!r}: expected one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _host_images(
+    lab: Mapping[str, Any], hosts: tuple[LabHost, ...], where: str
+) -> tuple[LabHost, ...]:
+    """Apply ``lab.suite``/``lab.image`` (defaults) and ``lab.hosts.<name>.suite/image``."""
+    suite = _choice(lab.get("suite", "bookworm"), SUITES, where, "lab.suite")
+    image = _choice(lab.get("image", "baked"), IMAGES, where, "lab.image")
+    per_host = _mapping(lab.get("hosts") or {}, where, "lab.hosts")
+    names = {h.name for h in hosts}
+    for name in per_host:
+        if name not in names:
+            raise LabError(
+                f"{where}: lab.hosts.{name}: no such lab host (hosts: {', '.join(sorted(names))})"
+            )
+    out = []
+    for h in hosts:
+        entry = _mapping(per_host.get(h.name) or {}, where, f"lab.hosts.{h.name}")
+        unknown = sorted(set(entry) - {"suite", "image"})
+        if unknown:
+            raise LabError(f"{where}: lab.hosts.{h.name}: unknown key(s) {', '.join(unknown)}")
+        out.append(
+            LabHost(
+                h.name,
+                h.address,
+                _choice(entry.get("suite", suite), SUITES, where, f"lab.hosts.{h.name}.suite"),
+                _choice(entry.get("image", image), IMAGES, where, f"lab.hosts.{h.name}.image"),
+            )
+        )
+    return tuple(out)
 
 
 def gateway_ip(spec: LabSpec) -> str:

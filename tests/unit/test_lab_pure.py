@@ -426,9 +426,9 @@ def test_aptproxy_refuses_a_wildcard_listen_address() -> None:
         aptproxy.main(["--listen", "0.0.0.0", "--allow", "deb.debian.org"])
 
 
-def test_old_base_images_beyond_the_most_recent_other_one_are_removed(tmp_path: Path) -> None:
+def test_old_base_images_beyond_the_most_recent_others_are_removed(tmp_path: Path) -> None:
     # Not quite pure: reads /proc/self/mountinfo and deletes the fake images in tmp_path.
-    for age, key in enumerate(["c" * 12, "b" * 12, "a" * 12]):  # c newest, a oldest
+    for age, key in enumerate(["c" * 12, "b" * 12, "a" * 12, "9" * 12]):  # c newest, 9 oldest
         (tmp_path / f"base-{key}" / "etc").mkdir(parents=True)
         (tmp_path / f"build-{key}.log").write_text("log")
         stamp = tmp_path / f"base-{key}.used"
@@ -438,12 +438,52 @@ def test_old_base_images_beyond_the_most_recent_other_one_are_removed(tmp_path: 
     current = tmp_path / "base-000000000000"
     current.mkdir()
     messages: list[str] = []
-    image._remove_old_images(tmp_path, keep=current, progress=messages.append)
+    image._remove_old_images(tmp_path, keep={current}, progress=messages.append)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
         "base-000000000000",
+        "base-bbbbbbbbbbbb",
         "base-cccccccccccc",
         "base-not-an-image",
     ]
     assert not (tmp_path / f"base-{'a' * 12}.used").exists()
-    assert not (tmp_path / f"build-{'b' * 12}.log").exists()
+    assert not (tmp_path / f"build-{'9' * 12}.log").exists()
     assert len(messages) == 2 and all("removing old base image" in m for m in messages)
+
+
+def test_hosts_of_a_chosen_release_and_image(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yml"
+    path.write_text(
+        LAB_YML.replace(
+            "  packages: [curl, less, curl]\n",
+            "  packages: [curl, less, curl]\n  suite: trixie\n  hosts:\n"
+            "    db1: {suite: bookworm, image: bare}\n",
+        )
+    )
+    spec = load_lab_spec(path)
+    assert spec.hosts == (
+        LabHost("web1", "10.213.0.11", "trixie", "baked"),
+        LabHost("db1", "10.213.0.21", "bookworm", "bare"),
+    )
+    kinds = {h.name: image.image_kind(spec, h) for h in spec.hosts}
+    assert kinds["web1"] == image.ImageKind("trixie", ("curl", "less"))
+    assert kinds["db1"] == image.ImageKind("bookworm", ())
+    keys = {image.base_image_key(k.packages, {}, k.suite) for k in kinds.values()}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("  suite: sid\n", r"lab\.suite: 'sid': expected one of bookworm, trixie"),
+        ("  hosts:\n    web9: {image: bare}\n", r"lab\.hosts\.web9: no such lab host"),
+        ("  hosts:\n    web1: {image: tiny}\n", r"lab\.hosts\.web1\.image: 'tiny'"),
+        ("  hosts:\n    web1: {release: 13}\n", r"lab\.hosts\.web1: unknown key\(s\) release"),
+    ],
+)
+def test_bad_host_images_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    path = tmp_path / "lab.yml"
+    path.write_text(
+        LAB_YML.replace("  packages: [curl, less, curl]\n", f"  packages: [curl]\n{extra}")
+    )
+    with pytest.raises(LabError, match=message):
+        load_lab_spec(path)
