@@ -28,12 +28,13 @@ def status(c, inventory=None, hosts=None, json=False, workers=8, samples=0, ask_
     """One screen for the fleet: health, latency, CPU, memory, disk, DB, PM2, certs, backups.
 
     Per host, what applies to its roles, read in one SSH command and judged against the
-    status_* thresholds (opskit/defaults/status.yml; null = the host's healthcheck_* value, else
-    the runbook's). Worst host first; colour on a terminal (not when piped or NO_COLOR is set).
+    status_* thresholds (opskit/core/defaults/status.yml; null = the host's healthcheck_* value,
+    else the runbook's). Worst host first; colour on a terminal (not when piped or NO_COLOR is set).
     Exit code: 5 something is critical, else 1 a host or a metric could not be read, else
     4 something is a warning, else 0; 2 bad input (nothing was read), 130 interrupted.
     """
-    from opskit.status import ops as st
+    from opskit.status import fleet as st
+    from opskit.status.output import format_fleet, to_json
 
     inv, selected = cli.load(inventory, hosts)
     try:
@@ -49,9 +50,9 @@ def status(c, inventory=None, hosts=None, json=False, workers=8, samples=0, ask_
     except KeyboardInterrupt:
         raise Exit("interrupted", code=ExitStatus.INTERRUPTED) from None
     if json:
-        print(st.to_json(fleet), end="")
+        print(to_json(fleet), end="")
     else:
         color = use_color(sys.stdout.isatty(), os.environ)
-        print(st.format_fleet(fleet, color=color), end="")
+        print(format_fleet(fleet, color=color), end="")
     if fleet.exit_code:
         raise Exit(code=int(fleet.exit_code))

@@ -415,7 +415,7 @@ def gather(
     read."""
     from opskit.audit import reader as audit
     from opskit.core.runner import RunContext, run_on_hosts
-    from opskit.status import ops as status
+    from opskit.status import fleet as status
 
     if kind not in KINDS:
         raise ConfigError(f"unknown report kind {kind!r} (daily or weekly)")

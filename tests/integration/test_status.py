@@ -25,7 +25,9 @@ from opskit.core.inventory import Host, Inventory, load_inventory
 from opskit.core.remote import connect
 from opskit.core.roles import REPO
 from opskit.core.runner import provision_work, run_on_hosts
-from opskit.status import ops as status
+from opskit.status import fleet as status
+from opskit.status.judge import Metric
+from opskit.status.output import format_fleet
 from tests.integration.conftest import inv, write_inventory
 
 MOUNT = "/mnt/opskit-status-test"
@@ -89,7 +91,7 @@ def collect(inventory: Inventory, hosts: list[Host]) -> status.FleetStatus:
     return status.collect(inventory, hosts)
 
 
-def metric(fleet: status.FleetStatus, host: Host, name: str) -> status.Metric:
+def metric(fleet: status.FleetStatus, host: Host, name: str) -> Metric:
     [h] = [x for x in fleet.hosts if x.host == host.name]
     m = h.metric(name)
     assert m is not None, f"{host.name} has no metric {name}: {[x.name for x in h.metrics]}"
@@ -144,7 +146,7 @@ def test_02_a_healthy_fleet_is_ok_and_the_numbers_are_the_hosts(
     NUMBERS["warm_seconds"] = round(time.monotonic() - started, 2)
     NUMBERS["commands"] = {h.host: h.commands for h in fleet.hosts}
     print(f"status numbers: {NUMBERS}", file=sys.stderr)
-    text = status.format_fleet(fleet)
+    text = format_fleet(fleet)
     assert fleet.exit_code == 0, text  # CPU is shown ungraded: the lab's hosts share its CPUs
     assert all(h.commands == 1 for h in fleet.hosts), NUMBERS
     # Disk: what df says on the host (df rounds its Use% up)
@@ -256,7 +258,7 @@ def test_05_app_stopped_is_critical_in_health_and_pm2(inventory, status_inventor
         fleet = collect(inventory, [web])
         if metric(fleet, web, "health").level == "ok" and metric(fleet, web, "pm2").level == "ok":
             break
-        assert time.time() < deadline, status.format_fleet(fleet)
+        assert time.time() < deadline, format_fleet(fleet)
         time.sleep(2)
 
 

@@ -1,12 +1,14 @@
-"""`inv status` (opskit/status.py): settings and thresholds, judging a host's probe output,
-the screen (colour or plain) and JSON; the remote probe itself run locally against a small HTTP
-server and a temporary backup directory."""
+"""`inv status` (opskit/status/): settings and thresholds, judging a host's probe output,
+the screen (colour or plain) and JSON; the probe's pure helpers (opskit/hostside/status_probe.py)
+and the remote command itself run locally against a small HTTP server and a temporary backup
+directory."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import re
+import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -17,11 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from opskit.core.errors import ConfigError
+from opskit.checks.levels import Pair
+from opskit.core.errors import ConfigError, ExitStatus
 from opskit.core.inventory import Host, load_inventory
 from opskit.core.output import use_color
-from opskit.status import ops as status
-from opskit.status.ops import FleetStatus, HostStatus, Metric, Pair, Raw, StatusExit
+from opskit.hostside import status_probe
+from opskit.status import command, output, settings
+from opskit.status.command import Raw
+from opskit.status.fleet import FleetStatus, HostStatus
+from opskit.status.judge import Metric, evaluate
 from tests.fakes import LocalRemote
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -66,7 +72,7 @@ def test_thresholds_follow_the_healthcheck_role_else_the_runbook(tmp_path):
         web1__healthcheck_response_time_critical_ms=1500,
         x1__status_disk_critical=95,
     )
-    web = status.settings_for(hosts["web1"])
+    web = settings.settings_for(hosts["web1"])
     assert web.disk == Pair(60, 90)  # the health check's value, set once
     assert web.latency == Pair(500, 1500)
     assert web.memory == Pair(70, 90) and web.cpu == Pair(70, 90)
@@ -75,7 +81,7 @@ def test_thresholds_follow_the_healthcheck_role_else_the_runbook(tmp_path):
     assert web.db is None and web.backup is None and web.cert_specs is None
     assert web.pm2_user == "app" and web.pm2_apps == ("shop",)
     assert web.healthcheck == Pair(15, 60)  # 3 and 12 times the */5 schedule
-    bare = status.settings_for(hosts["x1"])
+    bare = settings.settings_for(hosts["x1"])
     assert bare.disk == Pair(70, 95)  # no healthcheck role: runbook default, status_ override
     assert bare.health_url == "" and bare.pm2_user == "" and bare.healthcheck is None
     assert bare.disk_paths == ("/",)
@@ -89,13 +95,13 @@ def test_status_variables_win_over_the_healthcheck_ones(tmp_path):
         web1__status_disk_paths=["/", "/srv"],
         web1__status_latency_warning_ms=100,
     )
-    s = status.settings_for(hosts["web1"])
+    s = settings.settings_for(hosts["web1"])
     assert s.disk == Pair(50, 90) and s.disk_paths == ("/", "/srv")
     assert s.latency == Pair(100, 2000)
 
 
 def test_database_and_backup_thresholds(tmp_path):
-    s = status.settings_for(inventory(tmp_path)["db1"])
+    s = settings.settings_for(inventory(tmp_path)["db1"])
     assert s.db == Pair(80, 95)
     assert s.backup is not None
     # "0 */6 * * *" and 60 min grace: 7 h as inv backup.list, critical after two gaps + grace
@@ -108,10 +114,10 @@ def test_ungraded_defaults_to_the_checks_the_health_check_leaves_out(tmp_path):
     hosts = inventory(
         tmp_path, web1__healthcheck_checks=["http", "disk", "memory", "pm2", "database"]
     )
-    assert status.settings_for(hosts["web1"]).ungraded == {"cpu"}
-    assert status.settings_for(hosts["x1"]).ungraded == frozenset()
+    assert settings.settings_for(hosts["web1"]).ungraded == {"cpu"}
+    assert settings.settings_for(hosts["x1"]).ungraded == frozenset()
     hosts = inventory(tmp_path, web1__status_ungraded=["disk"])
-    assert status.settings_for(hosts["web1"]).ungraded == {"disk"}
+    assert settings.settings_for(hosts["web1"]).ungraded == {"disk"}
 
 
 @pytest.mark.parametrize(
@@ -133,18 +139,18 @@ def test_ungraded_defaults_to_the_checks_the_health_check_leaves_out(tmp_path):
 def test_invalid_settings_name_the_host_and_key(tmp_path, key, value, message):
     hosts = inventory(tmp_path, **{f"web1__{key}": value})
     if message is None:
-        status.settings_for(hosts["web1"])
+        settings.settings_for(hosts["web1"])
         return
     with pytest.raises(ConfigError) as exc:
-        status.check_hosts(list(hosts.values()))
+        settings.check_hosts(list(hosts.values()))
     assert message in str(exc.value)
 
 
 def test_samples_argument_is_checked(tmp_path):
     hosts = inventory(tmp_path)
-    assert status.settings_for(hosts["web1"], samples=12).samples == 12
+    assert settings.settings_for(hosts["web1"], samples=12).samples == 12
     with pytest.raises(ConfigError, match="--samples"):
-        status.settings_for(hosts["web1"], samples=99)
+        settings.settings_for(hosts["web1"], samples=99)
 
 
 def test_backup_warning_above_critical_is_refused(tmp_path):
@@ -152,7 +158,7 @@ def test_backup_warning_above_critical_is_refused(tmp_path):
         tmp_path, db1__status_backup_warning_hours=20, db1__status_backup_critical_hours=10
     )
     with pytest.raises(ConfigError, match="db1: status_backup_warning_hours"):
-        status.settings_for(hosts["db1"])
+        settings.settings_for(hosts["db1"])
 
 
 # --- judging -------------------------------------------------------------------------------------
@@ -212,8 +218,8 @@ RELEASE = (
 
 
 def judge(host: Host, probe: dict[str, Any], **raw: Any) -> HostStatus:
-    s = status.settings_for(host)
-    metrics, samples = status.evaluate(host, s, Raw(probe, **raw), NOW)
+    s = settings.settings_for(host)
+    metrics, samples = evaluate(host, s, Raw(probe, **raw), NOW)
     return HostStatus(host.name, host.address, host.roles, tuple(metrics), samples)
 
 
@@ -247,14 +253,14 @@ def test_a_healthy_web_host_is_ok_with_its_numbers(tmp_path):
     assert "v1.2 deployed 2026-11-23T10:00:00Z by ann" in h.metric("release").detail
     assert h.metric("healthcheck_age").value == 3.0
     fleet = FleetStatus(NOW, (h,))
-    assert fleet.worst == "ok" and fleet.exit_code is StatusExit.OK
+    assert fleet.worst == "ok" and fleet.exit_code is ExitStatus.OK
 
 
 @pytest.mark.parametrize(
     ("change", "metric", "level", "exit_code"),
     [
-        ({"cpu": {"percent": 75.0}}, "cpu", "warning", StatusExit.WARNING),
-        ({"memory": {"percent": 91.0}}, "memory", "critical", StatusExit.CRITICAL),
+        ({"cpu": {"percent": 75.0}}, "cpu", "warning", ExitStatus.WARNING),
+        ({"memory": {"percent": 91.0}}, "memory", "critical", ExitStatus.CRITICAL),
         (
             {
                 "disks": [
@@ -269,15 +275,15 @@ def test_a_healthy_web_host_is_ok_with_its_numbers(tmp_path):
             },
             "disk:/",
             "warning",
-            StatusExit.WARNING,
+            ExitStatus.WARNING,
         ),
         (
             {"disks": [{"path": "/data", "error": "No such file or directory"}]},
             "disk:/data",
             "critical",
-            StatusExit.CRITICAL,
+            ExitStatus.CRITICAL,
         ),
-        ({"cpu": {"error": "OSError: boom"}}, "cpu", "unknown", StatusExit.HOST_FAILED),
+        ({"cpu": {"error": "OSError: boom"}}, "cpu", "unknown", ExitStatus.HOST_FAILED),
     ],
 )
 def test_thresholds_make_levels_and_exit_codes(tmp_path, change, metric, level, exit_code):
@@ -298,7 +304,7 @@ def test_a_stopped_app_is_critical_in_health_and_pm2(tmp_path):
     assert h.metric("pm2").level == "critical"
     assert h.metric("latency_p95").value is None
     assert h.samples == {"health_ms": []}
-    assert FleetStatus(NOW, (h,)).exit_code is StatusExit.CRITICAL
+    assert FleetStatus(NOW, (h,)).exit_code is ExitStatus.CRITICAL
 
 
 def test_health_some_failed_samples_warn_and_bad_answers_are_named(tmp_path):
@@ -344,7 +350,7 @@ def test_database_connections_and_a_stopped_database(tmp_path):
     h = judge(db, {**base, "database": down, "backup": backup})
     assert h.metric("db_connections").level == "critical"
     assert "PostgreSQL: psql: error" in h.metric("db_connections").detail
-    assert FleetStatus(NOW, (h,)).exit_code is StatusExit.CRITICAL
+    assert FleetStatus(NOW, (h,)).exit_code is ExitStatus.CRITICAL
 
 
 @pytest.mark.parametrize(
@@ -443,7 +449,7 @@ def fleet_of(tmp_path) -> FleetStatus:
 
 
 def test_the_screen_is_plain_when_not_colored_and_worst_first(tmp_path):
-    text = status.format_fleet(fleet_of(tmp_path), color=False)
+    text = output.format_fleet(fleet_of(tmp_path), color=False)
     assert not ESC.search(text)
     heads = [
         line.split()[1]
@@ -466,9 +472,9 @@ def test_the_screen_is_plain_when_not_colored_and_worst_first(tmp_path):
 
 
 def test_the_screen_colors_levels_on_a_terminal(tmp_path):
-    text = status.format_fleet(fleet_of(tmp_path), color=True)
+    text = output.format_fleet(fleet_of(tmp_path), color=True)
     assert "\x1b[1;31mcritical" in text and "\x1b[32mok" in text
-    assert ESC.sub("", text) == status.format_fleet(fleet_of(tmp_path), color=False)
+    assert ESC.sub("", text) == output.format_fleet(fleet_of(tmp_path), color=False)
 
 
 @pytest.mark.parametrize(
@@ -485,7 +491,7 @@ def test_use_color(isatty, env, expected):
 
 
 def test_json_shape_for_the_reports(tmp_path):
-    data = json.loads(status.to_json(fleet_of(tmp_path)))
+    data = json.loads(output.to_json(fleet_of(tmp_path)))
     assert data["generated_at"] == "2026-11-23T12:00:00Z"
     assert data["worst"] == "critical"
     host = data["hosts"][0]
@@ -570,14 +576,14 @@ def test_the_probe_reads_this_machine_in_one_command(tmp_path, health_server):
         db1__backup_local_dir=str(backups),
     )
     host = hosts["db1"]
-    s = status.settings_for(host)
-    s = status.Settings(**{**s.__dict__, "db": None, "healthcheck": None})  # no PostgreSQL here
+    s = settings.settings_for(host)
+    s = settings.Settings(**{**s.__dict__, "db": None, "healthcheck": None})  # no PostgreSQL here
     remote = LocalRemote(host)
     started = time.monotonic()
-    raw = status.read_host(remote, s)
+    raw = command.read_host(remote, s)
     assert remote.commands == 1
     assert time.monotonic() - started < 10
-    metrics, samples = status.evaluate(host, s, raw, dt.datetime.now(dt.UTC))
+    metrics, samples = evaluate(host, s, raw, dt.datetime.now(dt.UTC))
     by = {m.name: m for m in metrics}
     assert by["health"].level == "ok" and by["health"].detail.startswith("3/3 healthy")
     assert len(samples["health_ms"]) == 3
@@ -587,3 +593,155 @@ def test_the_probe_reads_this_machine_in_one_command(tmp_path, health_server):
     b = by["backup_age"]
     assert b.value == 1.5 and b.level == "warning" and "LAST RUN FAILED at upload" in b.detail
     assert "2 local" in b.detail
+
+
+# --- the probe's own helpers (opskit/hostside/status_probe.py) -----------------------------------
+
+
+def probe_config(tmp_path: Path, **over: Any) -> status_probe.ProbeConfig:
+    cfg: status_probe.ProbeConfig = {
+        "timeout": 1.0,
+        "cpu_seconds": 0.05,
+        "disk_paths": [str(tmp_path)],
+        "samples": 1,
+        "health_url": "",
+        "health_keyword": "healthy",
+        "db": False,
+        "pm2_user": "",
+        "app_current": None,
+        "healthcheck": False,
+        "backup": None,
+    }
+    cfg.update(over)  # type: ignore[typeddict-item]
+    return cfg
+
+
+def test_the_command_carries_the_probe_module_verbatim_and_its_config_as_json(tmp_path):
+    s = settings.settings_for(inventory(tmp_path)["db1"])
+    script = command.remote_script(s)
+    assert status_probe.MARK == "@@@opskit-status"
+    assert Path(status_probe.__file__).read_text() == command.PROBE_SOURCE
+    assert command.HEREDOC not in command.PROBE_SOURCE.splitlines()  # it would end the source
+    head, _, rest = script.partition(f"<<'{command.HEREDOC}'\n")
+    source, _, tail = rest.rpartition(f"\n{command.HEREDOC}")
+    assert source == command.PROBE_SOURCE.rstrip() and tail == "\n"
+    python = head.splitlines()[-1]
+    argv = shlex.split(python)
+    assert argv[:2] == ["python3", "-"]
+    assert json.loads(argv[2]) == command.probe_config(s)
+    assert json.loads(argv[2])["backup"] == {
+        "local_dir": "/var/backups/postgresql",
+        "database": "app",
+    }
+    assert head.count("python3 - ") == 1 and script.count(f"<<'{command.HEREDOC}'") == 1
+
+
+def test_probe_helpers_parse_what_the_host_shows():
+    assert status_probe.cpu_percent((100, 80), (200, 130)) == 50.0
+    assert status_probe.cpu_times("cpu  1 2 3 4") == (10, 4)  # no iowait column
+    mem = status_probe.memory_of("MemTotal:  2000 kB\nMemFree:  500 kB\nHugePages_Total:  0\n")
+    assert mem == {"percent": 75.0, "total_kib": 2000, "available_kib": 500}  # no MemAvailable
+    assert status_probe.disk_of("/x", 0, 0, 0, 4096)["percent"] == 0.0
+    disk = status_probe.disk_of("/x", 1000, 250, 200, 4096)
+    assert (disk["used_bytes"], disk["avail_bytes"], disk["size_bytes"]) == (
+        750 * 4096,
+        200 * 4096,
+        1000 * 4096,
+    )
+    assert disk["percent"] == round(100 * 750 / 950, 1)
+    assert status_probe.is_healthy(200, '{"status": "degraded"}', "healthy") is False
+    assert status_probe.is_healthy(200, "<html>healthy</html>", "healthy") is True
+    assert status_probe.is_healthy(301, '{"status": "healthy"}', "healthy") is False
+    assert status_probe.connections_of(" 3|200 \n") == {"used": 3, "max": 200}
+    with pytest.raises(ValueError):
+        status_probe.connections_of("")
+    with pytest.raises(ValueError, match="no list"):
+        status_probe.pm2_processes("PM2 is not running")
+    with pytest.raises(ValueError):  # JSON errors are ValueErrors: the part reports them
+        status_probe.pm2_processes("[PM2] Spawning PM2 daemon")
+    [proc] = status_probe.pm2_processes('[{"name": "shop"}]')
+    assert proc == {
+        "name": "shop",
+        "status": None,
+        "restarts": 0,
+        "unstable_restarts": 0,
+        "started_ms": None,
+        "memory": None,
+    }
+
+
+def test_probe_health_check_baseline_stays_while_the_release_does():
+    result = {"level": "warning", "checked_at": "2026-11-23T11:57:00+00:00", "results": []}
+    state = {"pm2_restarts": {"shop": 4}, "pm2_release": "/srv/shop/releases/a"}
+    kept = status_probe.healthcheck_of(result, state, "/srv/shop/releases/a", HOST_NOW)
+    assert kept["pm2_restarts"] == {"shop": 4} and "pm2_baseline" not in kept
+    assert kept["age_seconds"] == 180.0 and kept["level"] == "warning"
+    no_app = status_probe.healthcheck_of(result, state, None, HOST_NOW)
+    assert no_app["pm2_restarts"] == {"shop": 4}
+    moved = status_probe.healthcheck_of(result, state, "/srv/shop/releases/b", HOST_NOW)
+    assert moved["pm2_restarts"] is None and "release changed" in moved["pm2_baseline"]
+
+
+def test_probe_counts_only_verified_backups():
+    manifests = [
+        {"created": "2026-11-23T08:00:00+00:00", "uploaded": True, "key": "a"},
+        {"created": "2026-11-23T10:00:00+00:00", "uploaded": True, "key": "b"},
+        {"created": "2026-11-23T11:00:00+00:00", "key": "c"},  # not uploaded (yet)
+    ]
+    found = status_probe.backups_of(manifests, None, HOST_NOW)
+    assert (found["count"], found["newest"], found["age_seconds"]) == (2, "b", 7200.0)
+    assert found["last_run"] is None
+    none = status_probe.backups_of(manifests[2:], ["not", "a", "dict"], HOST_NOW)
+    assert none == {"count": 0, "last_run": None}
+    assert status_probe.is_manifest("app-x.dump.json", "app")
+    assert not status_probe.is_manifest("application-x.dump.json", "app.x")
+    assert not status_probe.is_manifest("app-x.dump", "app")
+
+
+def test_probe_reads_only_the_parts_asked_for(tmp_path):
+    keys = [k for k, _ in status_probe.parts(probe_config(tmp_path))]
+    assert keys == ["cpu", "memory", "disks"]
+    every = probe_config(
+        tmp_path,
+        health_url="http://127.0.0.1:9/health",
+        db=True,
+        pm2_user="app",
+        healthcheck=True,
+        backup={"local_dir": str(tmp_path), "database": "app"},
+    )
+    assert [k for k, _ in status_probe.parts(every)] == [
+        "cpu",
+        "memory",
+        "disks",
+        "health",
+        "database",
+        "pm2",
+        "healthcheck",
+        "backup",
+    ]
+
+
+def test_a_part_that_fails_is_reported_and_the_others_still_run(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    cfg = probe_config(tmp_path, backup={"local_dir": str(not_a_dir), "database": "app"})
+    out = status_probe.probe(cfg)
+    assert out["backup"]["error"].startswith("NotADirectoryError: ")
+    assert 0 <= out["cpu"]["percent"] <= 100 and out["disks"][0]["path"] == str(tmp_path)
+    assert abs(out["now"] - time.time()) < 10
+
+
+def test_probe_main_prints_one_json_object_or_refuses_bad_arguments(tmp_path, capsys):
+    assert status_probe.main([json.dumps(probe_config(tmp_path))]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and set(json.loads(printed)) == {
+        "now",
+        "cpu",
+        "memory",
+        "disks",
+    }
+    assert status_probe.main([]) == 2
+    assert status_probe.main(["{not json"]) == 2
+    assert status_probe.main(["[1, 2]"]) == 2
+    err = capsys.readouterr()
+    assert err.out == "" and "not JSON" in err.err and "not a JSON object" in err.err
