@@ -22,7 +22,9 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from opskit.core import facts as host_facts
 from opskit.core.errors import OpsError
+from opskit.core.facts import Facts
 from opskit.core.remote import Remote
 from opskit.core.resource import Plan, Resource
 from opskit.core.result import Change
@@ -34,6 +36,14 @@ MARK = "@@opskit"
 q = shlex.quote
 _SECTION = re.compile(rf"^{MARK} (\d+)$", re.M)
 _DONE = re.compile(rf"^{MARK}-done (\d+)$", re.M)
+
+
+class FactsChanged(OpsError):
+    """The host's release is not the one its resources were built for; nothing was changed."""
+
+    def __init__(self, facts: Facts | None) -> None:
+        super().__init__(f"the host's release is now {facts.label if facts else 'unknown'}")
+        self.facts = facts
 
 
 class ConvergeError(OpsError):
@@ -118,8 +128,9 @@ def prefetch_script(resources: Sequence[Resource]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def probe_script(resources: Sequence[Resource]) -> str:
-    parts = ["exec 2>&1", prefetch_script(resources).rstrip("\n")]
+def probe_script(resources: Sequence[Resource], *, with_facts: bool = False) -> str:
+    parts = ["exec 2>&1", *([host_facts.PROBE] if with_facts else [])]
+    parts.append(prefetch_script(resources).rstrip("\n"))
     for i, r in enumerate(resources):
         parts.append(f"echo '{MARK} {i}'")
         parts.append(r.probe())
@@ -197,9 +208,17 @@ def _apply(
 
 
 def converge(
-    remote: Remote, resources: Sequence[Resource], *, dry_run: bool = False
+    remote: Remote,
+    resources: Sequence[Resource],
+    *,
+    dry_run: bool = False,
+    facts: Facts | None = None,
 ) -> list[Change]:
-    """Bring the host to `resources`; one Change per resource (changed also under dry-run)."""
+    """Bring the host to `resources`; one Change per resource (changed also under dry-run).
+
+    With `facts` (what `resources` were built for), the first probe re-reads the host's release
+    too and raises FactsChanged, before planning or changing anything, when it differs.
+    """
     if not resources:
         return []
     seen: set[str] = set()
@@ -207,7 +226,14 @@ def converge(
         if r.id in seen:
             raise OpsError(f"resource {r.id} is declared twice on {remote.name}")
         seen.add(r.id)
-    out = remote.run(probe_script(resources), what="read state").stdout
+    out = remote.run(
+        probe_script(resources, with_facts=facts is not None), what="read state"
+    ).stdout
+    if facts is not None:
+        found = host_facts.parse(out)
+        if found != facts:
+            raise FactsChanged(found)
+        out = host_facts.strip(out)
     planned = plan_all(remote.name, resources, split_sections(out, len(resources)))
     if dry_run:
         return [_change(remote, p) for p in planned]
