@@ -30,7 +30,9 @@ from typing import Any
 
 from opskit.app import deploy
 from opskit.app import spec as app_spec
-from opskit.backup import ops as backup
+from opskit.backup.schedule import allowed_age, max_gap
+from opskit.backup.spec import config_for
+from opskit.backup.text import human_age, human_size
 from opskit.certs import ops as certs
 from opskit.core.errors import ConfigError, OpsError
 from opskit.core.inventory import Host, Inventory
@@ -211,11 +213,11 @@ def _hours(td: dt.timedelta | None) -> float | None:
 
 def _backup_settings(host: Host) -> BackupSettings:
     v = host.vars
-    cfg = backup.config_for(host)
-    gap = backup.max_gap(cfg.schedule)
+    cfg = config_for(host)
+    gap = max_gap(cfg.schedule)
     warning = v.get("status_backup_warning_hours")
     critical = v.get("status_backup_critical_hours")
-    w = _hours(backup.allowed_age(cfg)) if warning is None else None
+    w = _hours(allowed_age(cfg)) if warning is None else None
     c = _hours(2 * gap + cfg.grace) if critical is None and gap is not None else None
     if warning is not None:
         w = _number("status_backup_warning_hours", warning)
@@ -232,7 +234,7 @@ def _backup_settings(host: Host) -> BackupSettings:
 
 
 def _healthcheck_pair(v: Mapping[str, Any]) -> Pair:
-    gap = backup.max_gap(str(v.get("healthcheck_schedule", "*/5 * * * *")))
+    gap = max_gap(str(v.get("healthcheck_schedule", "*/5 * * * *")))
     minutes = gap.total_seconds() / 60 if gap is not None else 5.0
     w, c = v.get("status_healthcheck_warning_minutes"), v.get("status_healthcheck_critical_minutes")
     pair = Pair(
@@ -762,7 +764,7 @@ def human_seconds(seconds: float) -> str:
     >>> human_seconds(42), human_seconds(300), human_seconds(7300), human_seconds(200000)
     ('42 s', '5 min', '2 h 1 min', '2 d 7 h')
     """
-    return backup.human_age(dt.timedelta(seconds=max(0, int(seconds))))
+    return human_age(dt.timedelta(seconds=max(0, int(seconds))))
 
 
 def _cut(text: str, n: int) -> str:
@@ -1140,8 +1142,8 @@ def evaluate(
                     Metric(name, f"disk {d['path']}", None, "%", "critical", str(d["error"]))
                 )
                 continue
-            free = backup.human_size(int(d["avail_bytes"]))
-            size = backup.human_size(int(d["size_bytes"]))
+            free = human_size(int(d["avail_bytes"]))
+            size = human_size(int(d["size_bytes"]))
             metrics.append(
                 _pct_metric(name, f"disk {d['path']}", d, s.disk, f"{free} free of {size}")
             )
