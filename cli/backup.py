@@ -24,11 +24,11 @@ class _Bars:
         self.lock = threading.Lock()
 
     def __call__(self, host, phase, done, total):
-        from opskit.backup import ops as backup
+        from opskit.backup.text import format_progress
 
         if not self.enabled:
             return
-        line = backup.format_progress(host, phase, done, total)
+        line = format_progress(host, phase, done, total)
         with self.lock:
             if self.tty:
                 end = "\n" if total and done >= total else ""
@@ -43,11 +43,11 @@ class _Bars:
 
 
 def _backup_hosts(inventory, hosts):
-    from opskit.backup import ops as backup
+    from opskit.backup.hosts import backup_hosts
 
     inv, selected = cli.load(inventory, hosts)
     try:
-        return inv, backup.backup_hosts(inv, selected)
+        return inv, backup_hosts(inv, selected)
     except ConfigError as exc:
         raise cli.usage_error(exc) from None
 
@@ -55,14 +55,10 @@ def _backup_hosts(inventory, hosts):
 def _backup_finish(outcomes, json_out, fmt):
     import json as jsonlib
 
-    from opskit.backup import ops as backup
+    from opskit.backup.text import outcome_json
 
     if json_out:
-        print(
-            jsonlib.dumps(
-                {"hosts": [backup.outcome_json(o) for o in outcomes]}, indent=2, default=str
-            )
-        )
+        print(jsonlib.dumps({"hosts": [outcome_json(o) for o in outcomes]}, indent=2, default=str))
     else:
         for o in outcomes:
             print(fmt(o), end="")
@@ -70,12 +66,6 @@ def _backup_finish(outcomes, json_out, fmt):
         print(f"{len(outcomes)} host(s): {ok} ok, {len(outcomes) - ok} failed")
     if not all(o.ok for o in outcomes):
         raise Exit(code=ExitStatus.HOST_FAILED)
-
-
-def _failed_line(o):
-    first, *rest = (o.error or "?").splitlines()
-    label = "UNREACHABLE" if o.unreachable else "FAILED"
-    return f"[{o.host}] {label}  {first}\n" + "".join(f"    {x}\n" for x in rest)
 
 
 @task(
@@ -89,19 +79,21 @@ def _failed_line(o):
 )
 def backup_run(c, inventory=None, hosts=None, json=False, workers=4, ask_sudo_pass=False):
     """Back up now on the selected database hosts: dump, verify, upload to S3, verify, heartbeat."""
-    from opskit.backup import ops as backup
+    from opskit.backup import text
+    from opskit.backup.hosts import on_hosts
+    from opskit.backup.restore import run_backup
 
     inv, selected = _backup_hosts(inventory, hosts)
     bars = _Bars(not json)
-    outcomes = backup.on_hosts(
+    outcomes = on_hosts(
         inv,
         selected,
-        lambda r, cfg: backup.run_backup(r, cfg, bars),
+        lambda r, cfg: run_backup(r, cfg, bars),
         workers=workers,
         sudo_password=cli.ask_sudo_password(ask_sudo_pass),
     )
     _backup_finish(
-        outcomes, json, lambda o: backup.format_run(o) if o.ok or o.data else _failed_line(o)
+        outcomes, json, lambda o: text.format_run(o) if o.ok or o.data else text.format_failed(o)
     )
 
 
@@ -119,7 +111,7 @@ def backup_list(c, inventory=None, hosts=None, json=False, all=False, ask_sudo_p
     import datetime as dt
     import json as jsonlib
 
-    from opskit.backup import ops as backup
+    from opskit.backup import listing as backup
 
     inv, selected = _backup_hosts(inventory, hosts)
     now = dt.datetime.now(dt.UTC)
@@ -143,31 +135,6 @@ def backup_list(c, inventory=None, hosts=None, json=False, all=False, ask_sudo_p
         raise Exit(code=ExitStatus.HOST_FAILED)
 
 
-def _format_restore(o, title):
-    from opskit.backup import ops as backup
-
-    if not o.ok:
-        return _failed_line(o)
-    d = o.data
-    s = d.get("seconds", {})
-    lines = [
-        f"[{o.host}] {title}  {d['key']}",
-        f"[{o.host}]   checksum ok (sha256 {d.get('sha256', '')[:12]}…, "
-        f"{backup.human_size(d.get('size', 0))}); download {s.get('download', 0):.1f} s, "
-        f"restore {s.get('restore', 0):.1f} s",
-    ]
-    if d.get("scratch"):
-        lines.append(f"[{o.host}]   scratch database {d['target']} restored, counted and dropped")
-    else:
-        lines.append(
-            f"[{o.host}]   restored into the NEW database {d['target']} (the live one is untouched)"
-        )
-    lines += [
-        f"[{o.host}] {x}" for x in backup.format_counts(d.get("counts", {}), d.get("live_counts"))
-    ]
-    return "\n".join(lines) + "\n"
-
-
 @task(
     help=H(
         "inventory",
@@ -179,17 +146,19 @@ def _format_restore(o, title):
 )
 def backup_verify(c, inventory=None, hosts=None, backup="latest", json=False, ask_sudo_pass=False):
     """Download a backup, check its checksum, restore it into a scratch database, count rows."""
-    from opskit.backup import ops as bk
+    from opskit.backup.hosts import on_hosts
+    from opskit.backup.restore import verify_backup
+    from opskit.backup.text import format_restore
 
     inv, selected = _backup_hosts(inventory, hosts)
     bars = _Bars(not json)
-    outcomes = bk.on_hosts(
+    outcomes = on_hosts(
         inv,
         selected,
-        lambda r, cfg: bk.verify_backup(r, cfg, backup, bars),
+        lambda r, cfg: verify_backup(r, cfg, backup, bars),
         sudo_password=cli.ask_sudo_password(ask_sudo_pass),
     )
-    _backup_finish(outcomes, json, lambda o: _format_restore(o, "verified"))
+    _backup_finish(outcomes, json, lambda o: format_restore(o, "verified"))
 
 
 @task(
@@ -219,7 +188,10 @@ def backup_restore(
     """Restore a backup into a new database (default), or over the live one with --replace."""
     import json as jsonlib
 
-    from opskit.backup import ops as bk
+    from opskit.backup import restore as bk
+    from opskit.backup.hosts import on_hosts
+    from opskit.backup.spec import config_for
+    from opskit.backup.text import format_restore, outcome_json
 
     inv, selected = _backup_hosts(inventory, hosts)
     if len(selected) != 1:
@@ -228,7 +200,7 @@ def backup_restore(
             f"{', '.join(h.name for h in selected)}",
             code=ExitStatus.USAGE,
         )
-    cfg = bk.config_for(selected[0])
+    cfg = config_for(selected[0])
     if replace and target:
         raise Exit("error: --target and --replace exclude each other", code=ExitStatus.USAGE)
     confirmed = yes
@@ -253,15 +225,15 @@ def backup_restore(
             return bk.replace_live(inv, r, cfg, backup, confirmed=confirmed, progress=bars)
         return bk.restore_backup(r, cfg, backup, target=target, progress=bars)
 
-    [o] = bk.on_hosts(inv, selected, work, sudo_password=cli.ask_sudo_password(ask_sudo_pass))
+    [o] = on_hosts(inv, selected, work, sudo_password=cli.ask_sudo_password(ask_sudo_pass))
     if json:
-        print(jsonlib.dumps(bk.outcome_json(o), indent=2, default=str))
+        print(jsonlib.dumps(outcome_json(o), indent=2, default=str))
     elif replace:
-        for step in o.data.get("steps", []):
+        for step in o.data.get(bk.KEY_STEPS, []):
             print(f"[{o.host}] {step}")
         print(f"[{o.host}] {'replaced the live database' if o.ok else 'FAILED: ' + o.error}")
     else:
-        print(_format_restore(o, "restored"), end="")
+        print(format_restore(o, "restored"), end="")
     if not o.ok:
         raise Exit(code=ExitStatus.HOST_FAILED)
 
@@ -269,42 +241,26 @@ def backup_restore(
 @task(help=H("inventory", "hosts", "json", "ask_sudo_pass"))
 def backup_drill(c, inventory=None, hosts=None, json=False, ask_sudo_pass=False):
     """Restore drill: newest backup into a scratch database, row counts vs live, RPO and RTO."""
-    from datetime import timedelta
-
-    from opskit.backup import ops as bk
+    from opskit.backup.hosts import on_hosts
+    from opskit.backup.restore import drill
+    from opskit.backup.text import format_drill
 
     inv, selected = _backup_hosts(inventory, hosts)
     bars = _Bars(not json)
-    outcomes = bk.on_hosts(
+    outcomes = on_hosts(
         inv,
         selected,
-        lambda r, cfg: bk.drill(r, cfg, bars),
+        lambda r, cfg: drill(r, cfg, bars),
         sudo_password=cli.ask_sudo_password(ask_sudo_pass),
     )
-
-    def fmt(o):
-        if not o.ok:
-            return _failed_line(o)
-        d = o.data
-        same = (
-            "all row counts match live"
-            if not d["diff"]
-            else f"{len(d['diff'])} table(s) differ from live"
-        )
-        return (
-            _format_restore(o, "drill") + f"[{o.host}]   RPO (age of the data): "
-            f"{bk.human_age(timedelta(seconds=d['rpo_seconds']))}"
-            f"; RTO (download + restore): {d['rto_seconds']:.1f} s; {same}; "
-            f"{'cleaned up' if d['cleaned_up'] else 'NOT cleaned up'}\n"
-        )
-
-    _backup_finish(outcomes, json, fmt)
+    _backup_finish(outcomes, json, format_drill)
 
 
 @task(help=H("inventory", "hosts", "json", check="show what would change, change nothing"))
 def backup_bucket(c, inventory=None, hosts=None, check=False, json=False):
     """Set the backup bucket's retention, default encryption and public-access block (boto3)."""
-    from opskit.backup import ops as bk
+    from opskit.backup.resources import ensure_bucket
+    from opskit.backup.spec import config_for
     from opskit.clients import ApiError
     from opskit.core.output import format_change, to_json
     from opskit.core.result import HostResult
@@ -312,13 +268,13 @@ def backup_bucket(c, inventory=None, hosts=None, check=False, json=False):
     _, selected = _backup_hosts(inventory, hosts)
     results, seen = [], set()
     for h in selected:
-        cfg = bk.config_for(h)
+        cfg = config_for(h)
         if (cfg.s3.endpoint, cfg.s3.bucket) in seen:
             continue
         seen.add((cfg.s3.endpoint, cfg.s3.bucket))
         try:
             results.append(
-                HostResult(f"s3://{cfg.s3.bucket}", tuple(bk.ensure_bucket_for(h, dry_run=check)))
+                HostResult(f"s3://{cfg.s3.bucket}", tuple(ensure_bucket(cfg, dry_run=check)))
             )
         except ApiError as exc:
             results.append(HostResult(f"s3://{cfg.s3.bucket}", error=str(exc)))

@@ -246,7 +246,8 @@ class _HostPass:
     def read(self, remote: Remote) -> None:
         from opskit.app import deploy
         from opskit.app import spec as app_spec
-        from opskit.backup import ops as backup
+        from opskit.backup.hosts import host_label
+        from opskit.backup.spec import config_for
         from opskit.certs import read as certs_read
         from opskit.certs import spec as certs_spec
 
@@ -281,14 +282,15 @@ class _HostPass:
                 self.note(f"releases:{h.name}", exc, h)
         if "backup" in h.roles:
             try:
-                self.labels[h.name] = backup.host_label(remote, backup.config_for(h))
+                self.labels[h.name] = host_label(remote, config_for(h))
             except (OpsError, ValueError) as exc:
                 self.note(f"backups:{h.name}", exc, h)
 
     def finish(self, hosts: Sequence[Host], *, details: int) -> None:
         """Judge the certificates as `inv certs.status --json` does; list backups in S3 (from
         this machine, even when the database host could not be read)."""
-        from opskit.backup import ops as backup
+        from opskit.backup.listing import list_host
+        from opskit.backup.spec import config_for
         from opskit.certs import judge as certs_judge
         from opskit.certs import read as certs_read
         from opskit.certs import spec as certs_spec
@@ -320,9 +322,9 @@ class _HostPass:
             if "backup" not in h.roles:
                 continue
             try:
-                cfg = backup.config_for(h)
+                cfg = config_for(h)
                 label, info = self.labels.get(h.name, (cfg.label or cfg.host, None))
-                listing = backup.list_host(cfg, info, label, now=data.generated_at, details=details)
+                listing = list_host(cfg, info, label, now=data.generated_at, details=details)
                 data.backups.append(backup_summary(listing, data.since))
             except (OpsError, ValueError) as exc:
                 data.errors[f"backups:{h.name}"] = redact(str(exc), h.secrets)
@@ -367,9 +369,9 @@ def release_summary(
 
 def backup_summary(listing: Any, since: dt.datetime) -> dict[str, Any]:
     """opskit.backup.ops's listing (as `inv backup.list --json`) plus the window's backups."""
-    from opskit.backup import ops as backup
+    from opskit.backup.listing import listing_json
 
-    d = backup.listing_json(listing)
+    d = listing_json(listing)
     in_window = [b for b in d["backups"] if (_parse_time(b["last_modified"]) or since) > since]
     d["in_window"] = len(in_window)
     d["window_bytes"] = sum(int(b["size"]) for b in in_window)
@@ -508,7 +510,7 @@ def fmt_value(value: Any, unit: str = "") -> str:
     >>> fmt_value("online"), fmt_value(3, "days"), fmt_value(1536, "B")
     ('online', '3 days', '1.5 KiB')
     """
-    from opskit.backup.ops import human_age, human_size
+    from opskit.backup.text import human_age, human_size
 
     if value is None:
         return "n/a"

@@ -14,7 +14,7 @@ from typing import Any
 
 from opskit.app import deploy
 from opskit.app import spec as app_spec
-from opskit.backup import ops as backup
+from opskit.backup.text import human_age, human_size
 from opskit.certs import judge as certs_judge
 from opskit.certs import read as certs_read
 from opskit.checks.levels import RANK, Pair, level_of, worst_of
@@ -59,7 +59,7 @@ def human_seconds(seconds: float) -> str:
     >>> human_seconds(42), human_seconds(300), human_seconds(7300), human_seconds(200000)
     ('42 s', '5 min', '2 h 1 min', '2 d 7 h')
     """
-    return backup.human_age(dt.timedelta(seconds=max(0, int(seconds))))
+    return human_age(dt.timedelta(seconds=max(0, int(seconds))))
 
 
 def _cut(text: str, n: int) -> str:
@@ -104,8 +104,8 @@ def _disk_metrics(s: Settings, part: Any) -> list[Metric]:
         if probe.KEY_ERROR in d:  # the path is not there: what should be mounted is not
             out.append(Metric(name, label, None, "%", "critical", str(d[probe.KEY_ERROR])))
             continue
-        free = backup.human_size(int(d["avail_bytes"]))
-        size = backup.human_size(int(d["size_bytes"]))
+        free = human_size(int(d["avail_bytes"]))
+        size = human_size(int(d["size_bytes"]))
         out.append(_pct_metric(name, label, d, s.disk, f"{free} free of {size}"))
     return out
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from opskit.app import spec as app_spec
-from opskit.backup import ops as backup
+from opskit.backup.schedule import allowed_age, max_gap
+from opskit.backup.spec import config_for
 from opskit.certs import spec as certs_spec
 from opskit.checks.levels import Pair
 from opskit.checks.thresholds import checked_pair, number
@@ -145,11 +146,11 @@ def _hours(td: dt.timedelta | None) -> float | None:
 
 def _backup_settings(host: Host) -> BackupSettings:
     v = host.vars
-    cfg = backup.config_for(host)
-    gap = backup.max_gap(cfg.schedule)
+    cfg = config_for(host)
+    gap = max_gap(cfg.schedule)
     warning = v.get("status_backup_warning_hours")
     critical = v.get("status_backup_critical_hours")
-    w = _hours(backup.allowed_age(cfg)) if warning is None else None
+    w = _hours(allowed_age(cfg)) if warning is None else None
     c = _hours(2 * gap + cfg.grace) if critical is None and gap is not None else None
     if warning is not None:
         w = number("status_backup_warning_hours", warning)
@@ -164,7 +165,7 @@ def _backup_settings(host: Host) -> BackupSettings:
 
 
 def _healthcheck_pair(v: Mapping[str, Any]) -> Pair:
-    gap = backup.max_gap(str(v.get("healthcheck_schedule", "*/5 * * * *")))
+    gap = max_gap(str(v.get("healthcheck_schedule", "*/5 * * * *")))
     minutes = gap.total_seconds() / 60 if gap is not None else 5.0
     w, c = v.get("status_healthcheck_warning_minutes"), v.get("status_healthcheck_critical_minutes")
     return checked_pair(

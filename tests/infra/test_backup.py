@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 
+from opskit.hostside.backup import CONFIG, LOG, PROGRAM, SCRIPT
+
 ROLE = "backup"
-SCRIPT = "/usr/local/bin/opskit-backup"
 
 
 def test_script_installed(host):
     f = host.file(SCRIPT)
     assert f.exists and f.mode == 0o755 and f.user == "root"
-    assert "Managed by opskit" in f.content_string
+    assert (
+        "Managed by opskit" in f.content_string and "opskit/hostside/backup.py" in f.content_string
+    )
     assert host.run(f"{SCRIPT} --help").rc == 0
     assert host.run("python3 -c 'import boto3'").rc == 0
 
 
 def test_config_readable_by_postgres_only(host, hostvars):
-    f = host.file("/etc/opskit-backup.json")
+    f = host.file(CONFIG)
     assert f.mode == 0o600 and f.user == "postgres" and f.group == "postgres"
     cfg = json.loads(f.content_string)
     assert cfg["s3"]["bucket"] == hostvars["backup_s3_bucket"]
@@ -30,10 +33,10 @@ def test_local_directory(host, hostvars):
 
 
 def test_cron_entry_runs_as_postgres_on_schedule(host, hostvars):
-    cron = host.file("/etc/cron.d/opskit-backup")
+    cron = host.file(f"/etc/cron.d/{PROGRAM}")
     assert cron.mode == 0o644 and cron.user == "root"
     line = [x for x in cron.content_string.splitlines() if x and not x.startswith("#")][-1]
-    assert line.startswith(f"{hostvars['backup_schedule']} postgres {SCRIPT} run")
+    assert line == f"{hostvars['backup_schedule']} postgres {SCRIPT} run >> {LOG} 2>&1"
     assert host.service("cron").is_running
 
 

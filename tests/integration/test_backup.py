@@ -12,10 +12,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from opskit.backup import ops as backup
+from opskit.backup.listing import list_backups
+from opskit.backup.resources import store_for
+from opskit.backup.spec import config_for
 from opskit.core.inventory import load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.fleet.verify import run_verify
+from opskit.hostside.backup import CONFIG, LAST_RUN
 from opskit.lab import registry as labsvc
 from opskit.lab.nspawn import exec_in
 from tests.integration.conftest import LAB_INVENTORY, inv, write_inventory
@@ -51,12 +54,12 @@ def cfg(db, lab_spec):
     urllib.request.urlopen(
         urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10
     )
-    return backup.config_for(db)
+    return config_for(db)
 
 
 @pytest.fixture(scope="module")
 def s3(cfg):
-    return backup.store_for(cfg).client
+    return store_for(cfg).client
 
 
 def sh(spec, host, script, check=True):
@@ -102,14 +105,14 @@ def test_01_provision_converges_db_host_and_bucket(lab_inventory, db, cfg):
         "postgresql:role:app",
         "postgresql:database:app",
         "postgresql:extension:app:pg_stat_statements",
-        "file:/etc/opskit-backup.json",
+        f"file:{CONFIG}",
         "file:/etc/cron.d/opskit-backup",
     } <= ids
     # The S3 stand-in was emptied (fixture `cfg`): the bucket is made and set up again.
     assert any("s3:bucket: create" in n for n in first.notes), first.notes
     assert any("s3:lifecycle" in n for n in first.notes), first.notes
     # The config holds secrets: its diff is never shown.
-    [conf] = [c for c in first.changes if c.resource == "file:/etc/opskit-backup.json"]
+    [conf] = [c for c in first.changes if c.resource == f"file:{CONFIG}"]
     assert conf.diff == "" or "not shown" in conf.diff
 
 
@@ -173,7 +176,7 @@ def test_05_list_shows_it_and_flags_old_backups(lab_inventory, db):
     assert text.returncode == 0 and STATE["first_key"].rsplit("/", 1)[1] in text.stdout
     # Seen 8 hours later, the newest backup is older than "every 6 hours" (+1 h grace) allows.
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=8)
-    [old] = backup.list_backups(lab_inventory, [db], now=later)
+    [old] = list_backups(lab_inventory, [db], now=later)
     assert old.stale and "STALE" in old.note and "allows 7 h 0 min" in old.note
 
 
@@ -288,7 +291,7 @@ def test_10_s3_unreachable_exits_nonzero_alerts_keeps_local_copy_no_heartbeat(
     sh(
         lab_spec,
         db,
-        "python3 - <<'EOF'\nimport json\np = '/etc/opskit-backup.json'\n"
+        f"python3 - <<'EOF'\nimport json\np = '{CONFIG}'\n"
         "c = json.load(open(p))\n"
         f"c['s3']['endpoint'] = 'http://{gateway}:{port}'\nc['s3']['max_attempts'] = 2\n"
         "json.dump(c, open(p, 'w'))\nEOF",
@@ -310,11 +313,11 @@ def test_10_s3_unreachable_exits_nonzero_alerts_keeps_local_copy_no_heartbeat(
     assert h["local_path"] in new_alerts[0]["payload"]["text"]
     assert len(labsvc.read_inbox(lab_spec, "heartbeat")) == beats
     OUTPUTS.append(json.dumps(new_alerts))
-    last = json.loads(sh(lab_spec, db, f"cat {cfg_local_dir(db)}/last-run.json"))
+    last = json.loads(sh(lab_spec, db, f"cat {cfg_local_dir(db)}/{LAST_RUN}"))
     assert last["ok"] is False
     # A provision puts the configuration back (and only that).
     fixed = provision(lab_inventory, db)
-    assert [c.resource for c in fixed.changes if c.changed] == ["file:/etc/opskit-backup.json"]
+    assert [c.resource for c in fixed.changes if c.changed] == [f"file:{CONFIG}"]
 
 
 def test_11_local_copies_older_than_7_days_removed_newer_kept(lab_spec, db):

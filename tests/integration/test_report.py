@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from opskit.backup import ops as backup
-from opskit.backup.ops import human_size
+from opskit.backup.spec import config_for
+from opskit.backup.text import human_size
 from opskit.clients.s3 import make_client
 from opskit.core.inventory import Inventory, load_inventory
 from opskit.core.remote import connect
@@ -213,7 +213,7 @@ def test_02_daily_report_holds_the_numbers_of_this_run(rinv: Inventory, out: Pat
     assert any(b["p95_ms"] is not None for b in nginx["buckets"].values())  # $request_time
 
     # backups: the newest object in S3, read with boto3
-    cfg = backup.config_for(rinv.host(d))
+    cfg = config_for(rinv.host(d))
     [b] = [x for x in data["backups"] if x["host"] == d]
     listed = make_client(cfg.s3).list_objects_v2(
         Bucket=cfg.s3.bucket, Prefix=b["location"].split("/", 3)[3]

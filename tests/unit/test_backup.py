@@ -1,22 +1,22 @@
-"""Backups without SSH: the role's variables, the host script's logic, the S3 client against a
-local moto server (the same stand-in the lab runs), list's age judgement."""
+"""Backups without SSH: the role's variables and resources, the S3 client against a local moto
+server (the same stand-in the lab runs), list's age judgement. The host program itself:
+tests/unit/test_hostside_backup.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
 import json
-import os
 import socket
-import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-from boto3.s3.transfer import TransferConfig
 from moto.server import ThreadedMotoServer
 
-from opskit.backup import ops as backup
+from opskit.backup import listing, spec
+from opskit.backup.resources import store_for
+from opskit.backup.schedule import max_gap
 from opskit.clients import ApiError
 from opskit.clients.s3 import (
     LIFECYCLE_RULE_ID,
@@ -26,9 +26,9 @@ from opskit.clients.s3 import (
     make_client,
 )
 from opskit.core.errors import ConfigError
-from opskit.core.render import render
 from opskit.core.roles import available_roles
 from opskit.core.secrets import Secret
+from opskit.hostside import backup as program
 from opskit.resources import File
 from tests.fakes import make_host
 
@@ -58,7 +58,7 @@ def host_vars(**extra):
 
 
 def test_database_and_owner_come_from_the_postgresql_role():
-    s = role().settings(host_vars())
+    s = spec.settings(host_vars())
     assert s["backup_database"] == "app" and s["backup_database_owner"] == "app"
 
 
@@ -87,8 +87,9 @@ def test_resources_config_is_sensitive_and_holds_the_secrets():
     conf = res["file:/etc/opskit-backup.json"]
     assert isinstance(conf, File) and conf.sensitive and conf.mode == 0o600
     assert conf.owner == "postgres"
-    cfg = load_script().parse_config(conf.content)
+    cfg = program.parse_config(conf.content)
     assert cfg["s3"]["secret_access_key"] == SECRET_KEY and cfg["slack_webhook"] == WEBHOOK
+    assert json.loads(conf.content)["_comment"].startswith("Managed by opskit, role backup")
     # A change of the config shows no diff (it holds secrets).
     plan = conf.plan(
         "regular file|600|postgres|postgres\n" + "0" * 64 + "\nb2xkCg==\n", frozenset()
@@ -96,87 +97,50 @@ def test_resources_config_is_sensitive_and_holds_the_secrets():
     assert "secret" not in plan.diff.replace("holds secrets", "") and SECRET_KEY not in plan.diff
     cron = res["file:/etc/cron.d/opskit-backup"]
     assert "0 */6 * * * postgres /usr/local/bin/opskit-backup run" in cron.content
+    assert f">> {program.LOG} 2>&1" in cron.content
 
 
-# --- the host script ------------------------------------------------------------------------
+# --- the host program as the role installs it ------------------------------------------------
 
 
-def load_script(tmp: Path | None = None):
-    text = render("backup/opskit-backup.j2", {})
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"opskit-backup-{os.getpid()}.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("opskit_backup_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_program_is_the_hostside_module_verbatim_and_managed():
+    res = {r.id: r for r in role().resources(host_vars())}
+    script = res[f"file:{program.SCRIPT}"]
+    assert isinstance(script, File) and script.mode == 0o755 and script.owner == "root"
+    first, managed, rest = script.content.split("\n", 2)
+    assert first == "#!/usr/bin/python3"
+    assert managed.startswith("# Managed by opskit, role backup")
+    source = Path(program.__file__).read_text()
+    assert source.startswith(first + "\n") and rest == source.split("\n", 1)[1]
+    compile(script.content, program.SCRIPT, "exec")
 
 
-def test_script_is_managed_and_valid_python():
-    text = render("backup/opskit-backup.j2", {})
-    assert text.startswith("#!/usr/bin/python3\n# Managed by opskit, role backup")
-    compile(text, "opskit-backup", "exec")
-    assert load_script().__doc__.startswith("opskit-backup:")
+def test_config_file_is_what_the_program_reads():
+    s = spec.settings(host_vars(backup_s3_host_label="db-a", backup_http_timeout=2.5))
+    cfg = dict(program.parse_config(spec.config_file(s)))
+    assert cfg.pop("_comment").startswith("Managed by opskit") and cfg == spec.host_config(s)
+    assert cfg["label"] == "db-a" and cfg["http_timeout"] == 2.5 and cfg["database"] == "app"
+    assert set(cfg) == set(program.REQUIRED) and set(cfg["s3"]) == set(program.REQUIRED_S3)
+    assert spec.config_file(s) == spec.config_file(s)  # the same text every time: no churn
 
 
-def test_script_config_errors_name_the_key():
-    script = load_script()
-    good = json.loads(render("backup/opskit-backup.json.j2", role().settings(host_vars())))
+def test_config_errors_name_the_key():
+    good = json.loads(spec.config_file(spec.settings(host_vars())))
     for broken, message in [
         ({**good, "database": "app; drop"}, "database: not a plain"),
         ({**good, "s3": {**good["s3"], "bucket": ""}}, "s3.bucket: empty"),
         ({k: v for k, v in good.items() if k != "local_dir"}, "local_dir: missing"),
         ({**good, "local_retention_days": "7"}, "local_retention_days: wrong type"),
     ]:
-        with pytest.raises(script.Failure, match=message) as info:
-            script.parse_config(json.dumps(broken))
-        assert info.value.code == script.EXIT_CONFIG
-
-
-def test_object_key_and_label():
-    script = load_script()
-    cfg = {"database": "app", "label": "db1", "s3": {"prefix": "/pg/"}}
-    when = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    assert script.object_key(cfg, when) == "pg/db1/app/app-20250102T030405Z.dump"
-    cfg["label"] = ""
-    assert script.object_key(cfg, when).split("/")[1] == socket.gethostname().split(".")[0]
-
-
-def test_prune_local_removes_only_old_backups(tmp_path):
-    script = load_script()
-    now = dt.datetime.now(dt.UTC)
-    files = {
-        "app-20200101T000000Z.dump": 8,
-        "app-20200101T000000Z.dump.json": 8,
-        "app-20200102T000000Z.dump": 6,
-        "other-20200101T000000Z.dump": 30,  # another database's: not ours to remove
-        "notes.txt": 30,
-        "x.dump.partial": 2,  # a leftover of a failed run, older than a day
-        "y.dump.partial": 0,  # a run in progress
-    }
-    for name, days in files.items():
-        p = tmp_path / name
-        p.write_text("x")
-        t = time.time() - days * 86400 - 60
-        os.utime(p, (t, t))
-    removed = script.prune_local(str(tmp_path), "app", 7, now)
-    assert sorted(removed) == [
-        "app-20200101T000000Z.dump",
-        "app-20200101T000000Z.dump.json",
-        "x.dump.partial",
-    ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "app-20200102T000000Z.dump",
-        "notes.txt",
-        "other-20200101T000000Z.dump",
-        "y.dump.partial",
-    ]
+        with pytest.raises(program.Failure, match=message) as info:
+            program.parse_config(json.dumps(broken))
+        assert info.value.code == program.EXIT_CONFIG
 
 
 def test_redact_and_secrets_of():
-    script = load_script()
-    cfg = script.parse_config(render("backup/opskit-backup.json.j2", role().settings(host_vars())))
+    cfg = program.parse_config(spec.config_file(spec.settings(host_vars())))
     text = f"failed posting to {WEBHOOK} with key {SECRET_KEY}"
-    out = script.redact(text, script.secrets_of(cfg))
+    out = program.redact(text, program.secrets_of(cfg))
     assert WEBHOOK not in out and SECRET_KEY not in out and out.count("***") == 2
 
 
@@ -200,28 +164,6 @@ def settings(url, bucket="unit-backups"):
         secret_access_key=SECRET_KEY,
         max_attempts=2,
     )
-
-
-def test_multipart_checksum_matches_what_s3_reports(moto_url, tmp_path):
-    """The script's local recomputation of S3's SHA256 checksum agrees with the server's."""
-    script = load_script()
-    client = make_client(settings(moto_url, "unit-checksums"))
-    client.create_bucket(Bucket="unit-checksums")
-    for size in (1000, script.PART_SIZE * 2 + 123):
-        path = tmp_path / f"f{size}"
-        path.write_bytes(os.urandom(size))
-        client.upload_file(
-            str(path),
-            "unit-checksums",
-            path.name,
-            ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-            Config=TransferConfig(
-                multipart_threshold=script.PART_SIZE, multipart_chunksize=script.PART_SIZE
-            ),
-        )
-        head = client.head_object(Bucket="unit-checksums", Key=path.name, ChecksumMode="ENABLED")
-        assert script.same_s3_checksum(head["ChecksumSHA256"], script.s3_sha256(str(path)))
-    assert not script.same_s3_checksum("AAAA-3", script.s3_sha256(str(path)))
 
 
 def test_ensure_bucket_converges_then_changes_nothing(moto_url):
@@ -290,12 +232,12 @@ def _cfg(url, schedule="0 */6 * * *"):
         **host_vars(backup_s3_endpoint=url, backup_schedule=schedule, backup_s3_bucket="unit-list"),
     )
     h = type(h)(h.name, h.address, h.port, h.user, h.groups, ("postgresql", "backup"), h.vars)
-    return backup.config_for(h)
+    return spec.config_for(h)
 
 
 def test_list_judges_the_newest_backups_age(moto_url, tmp_path):
     cfg = _cfg(moto_url)
-    client = backup.store_for(cfg).client
+    client = store_for(cfg).client
     client.create_bucket(Bucket="unit-list")
     now = dt.datetime.now(dt.UTC)
     good = hashlib.sha256(b"dump").hexdigest()
@@ -306,14 +248,14 @@ def test_list_judges_the_newest_backups_age(moto_url, tmp_path):
             Body=b"dump",
             Metadata=meta,
         )
-    fresh = backup.list_host(cfg, None, "db9", now=now + dt.timedelta(hours=1))
+    fresh = listing.list_host(cfg, None, "db9", now=now + dt.timedelta(hours=1))
     assert not fresh.stale and len(fresh.backups) == 2
     assert fresh.problem.startswith("NEWEST BACKUP UNUSABLE: MISSING")
-    old = backup.list_host(cfg, None, "db9", now=now + dt.timedelta(hours=7, minutes=5))
+    old = listing.list_host(cfg, None, "db9", now=now + dt.timedelta(hours=7, minutes=5))
     assert old.stale and "allows 7 h 0 min" in old.note
-    none = backup.list_host(cfg, None, "nobody", now=now)
+    none = listing.list_host(cfg, None, "nobody", now=now)
     assert none.stale and none.note == "NO BACKUPS"
-    text = backup.format_listing(old, now + dt.timedelta(hours=7, minutes=5))
+    text = listing.format_listing(old, now + dt.timedelta(hours=7, minutes=5))
     assert "STALE" in text and "MISSING" in text
 
 
@@ -330,8 +272,62 @@ def test_list_judges_the_newest_backups_age(moto_url, tmp_path):
     ],
 )
 def test_max_gap(schedule, hours):
-    assert backup.max_gap(schedule) == dt.timedelta(hours=hours)
+    assert max_gap(schedule) == dt.timedelta(hours=hours)
 
 
 def test_max_gap_reboot_is_unknown():
-    assert backup.max_gap("@reboot") is None
+    assert max_gap("@reboot") is None
+
+
+def test_after_converge_sets_the_bucket_and_notes_it(moto_url):
+    """The role sets the bucket through opskit.backup.resources (no operations imported)."""
+    h = make_host("db8", **host_vars(backup_s3_endpoint=moto_url, backup_s3_bucket="unit-role"))
+    h = type(h)(h.name, h.address, h.port, h.user, h.groups, ("postgresql", "backup"), h.vars)
+
+    class Ctx:
+        notes: ClassVar[list[str]] = []
+
+    class Remote:
+        host = h
+
+    role().after_converge(Remote(), [], Ctx)
+    assert any("s3:bucket: create" in n for n in Ctx.notes), Ctx.notes
+    Ctx.notes = []
+    role().after_converge(Remote(), [], Ctx)
+    assert Ctx.notes == ["s3://unit-role: bucket settings unchanged (4 checked)"]
+
+
+def test_outcomes_as_text():
+    from opskit.backup import hosts, text
+
+    data = {
+        program.KEY_KEY: "pg/db1/app/app-20250102T030405Z.dump",
+        program.KEY_SHA256: "ab" * 32,
+        program.KEY_SIZE: 2048,
+        program.KEY_SECONDS: {program.SECONDS_DOWNLOAD: 1.25, program.SECONDS_RESTORE: 2},
+        program.KEY_TARGET: "opskit_drill_1",
+        program.KEY_SCRATCH: True,
+        program.KEY_COUNTS: {"public.a": 3, "public.b": 1},
+        program.KEY_LIVE_COUNTS: {"public.a": 3, "public.b": 2},
+        text.KEY_RPO: 3600,
+        text.KEY_RTO: 3.25,
+        text.KEY_DIFF: [{"table": "public.b", "restored": 1, "live": 2}],
+        text.KEY_CLEANED_UP: True,
+    }
+    ok = hosts.HostOutcome("db1", ok=True, data=data)
+    out = text.format_drill(ok).splitlines()
+    assert out[0] == "[db1] drill  pg/db1/app/app-20250102T030405Z.dump"
+    assert "2.0 KiB); download 1.2 s, restore 2.0 s" in out[1]
+    assert "scratch database opskit_drill_1 restored, counted and dropped" in out[2]
+    assert out[3].endswith("restored 3  = live 3") and out[4].endswith("restored 1  ≠ live 2")
+    assert out[5] == (
+        "[db1]   RPO (age of the data): 1 h 0 min; RTO (download + restore): 3.2 s; "
+        "1 table(s) differ from live; cleaned up"
+    )
+    failed = hosts.HostOutcome("db2", error="restore REFUSED: CHECKSUM MISMATCH\ndetail")
+    assert text.format_restore(failed, "restored") == (
+        "[db2] FAILED  restore REFUSED: CHECKSUM MISMATCH\n    detail\n"
+    )
+    gone = hosts.HostOutcome("db3", error="no route", unreachable=True)
+    assert text.format_drill(gone) == "[db3] UNREACHABLE  no route\n"
+    assert text.outcome_json(failed)["error"].startswith("restore REFUSED")
