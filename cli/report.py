@@ -17,8 +17,8 @@ REPORT_HELP = H(
     out="directory for <kind>-<date>.md/.html/.json (default: report_dir, reports/)",
     slack="also post a short summary to Slack (report_slack_webhook_url, else the health "
     "check's webhook)",
-    fail_on="exit 5 when the report is critical (warning: 4 when it is warning or worse); "
-    "the report is written either way",
+    fail_on="exit 5 when the report is critical (warning: else 1 when something could not be "
+    "read, else 4 when it is warning); the report is written either way",
     no_audit="leave the security audit out (faster; no findings, logins or bans)",
     workers="hosts read at once (default 8)",
 )
@@ -26,18 +26,22 @@ REPORT_HELP = H(
 
 def _report(kind, inventory, hosts, out, slack, fail_on, no_audit, workers, ask_sudo_pass):
     from opskit.clients import ApiError
-    from opskit.report import ops as report
+    from opskit.report.data import ReportError, settings_for
+    from opskit.report.gather import gather
+    from opskit.report.judge import check_fail_on, exit_code
+    from opskit.report.publish import file_stem, post_slack, summary_lines, write
+    from opskit.report.render import render
 
     inv, selected = cli.load(inventory, hosts)
     try:
-        settings = report.settings_for(selected, out or None)
-        report.check_fail_on(fail_on or "")
+        settings = settings_for(selected, out or None)
+        check_fail_on(fail_on or "")
         if slack and settings.slack_webhook is None:
             raise ConfigError(
                 "--slack: no webhook: set report_slack_webhook_url (or "
                 "healthcheck_slack_webhook_url) to {secret: NAME}"
             )
-        data = report.gather(
+        data = gather(
             inv,
             selected,
             kind,
@@ -51,20 +55,20 @@ def _report(kind, inventory, hosts, out, slack, fail_on, no_audit, workers, ask_
     except KeyboardInterrupt:
         raise Exit("interrupted: no report written", code=ExitStatus.INTERRUPTED) from None
     secrets = [s for h in selected for s in h.secrets]
-    stem = report.file_stem(data)
+    stem = file_stem(data)
     link = f"{settings.link_base}{stem}.html" if settings.link_base else ""
     try:
-        rendered = report.render(
+        rendered = render(
             data, link=link or str((settings.out_dir / f"{stem}.html").resolve()), secrets=secrets
         )
-        paths = report.write(rendered, settings.out_dir, stem)
-    except report.ReportError as exc:
+        paths = write(rendered, settings.out_dir, stem)
+    except ReportError as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
-    print(report.summary_lines(data, paths), end="")
-    code = report.exit_code(data, fail_on or "")
+    print(summary_lines(data, paths), end="")
+    code = exit_code(data, fail_on or "")
     if slack:
         try:
-            report.post_slack(rendered.slack, settings.slack_webhook)
+            post_slack(rendered.slack, settings.slack_webhook)
             print("slack: summary sent")
         except ApiError as exc:
             print(f"slack: NOT sent: {exc}", file=sys.stderr)

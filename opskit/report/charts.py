@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
+from opskit.checks.levels import level_of
+
 COLOURS = {
     "ok": "#2e7d32",
     "warning": "#e69500",
@@ -19,19 +21,6 @@ COLOURS = {
     "line": "#4a78b5",
 }
 FONT = 'font-family="sans-serif" font-size="10"'
-
-
-def level_of(value: float, warning: float | None, critical: float | None) -> str:
-    """ok / warning / critical of `value` against thresholds (higher is worse).
-
-    >>> level_of(50, 70, 90), level_of(75, 70, 90), level_of(95, 70, 90), level_of(5, None, None)
-    ('ok', 'warning', 'critical', 'ok')
-    """
-    if critical is not None and value >= critical:
-        return "critical"
-    if warning is not None and value >= warning:
-        return "warning"
-    return "ok"
 
 
 def _num(v: float) -> str:

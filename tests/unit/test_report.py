@@ -1,5 +1,5 @@
 """opskit.report and its charts without hosts: views, Markdown, HTML, Slack text and charts
-rendered from dicts shaped as opskit.status.ops / opskit.audit.ops / the host pass give them."""
+rendered from dicts shaped as opskit.status / opskit.audit / the host pass give them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import copy
 import datetime as dt
 import gzip
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,11 +19,13 @@ import pytest
 import responses
 
 from opskit.clients import ApiError
-from opskit.core.errors import ConfigError
+from opskit.core.errors import ConfigError, ExitStatus
 from opskit.core.inventory import Host
 from opskit.core.secrets import Secret
-from opskit.report import charts
-from opskit.report import ops as report
+from opskit.hostside import report_history
+from opskit.report import charts, gather, history, judge, publish, render
+from opskit.report import data as report_data
+from opskit.report.view import build_view
 
 NOW = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.UTC)
 
@@ -42,12 +45,12 @@ def metric(name, value, unit="", level="ok", warning=None, critical=None, detail
 
 def fixture_report(kind: str = "daily") -> dict[str, Any]:
     """A report as gather() writes it: two web hosts and a db host, with distinct numbers."""
-    since = NOW - report.KINDS[kind]
+    since = NOW - report_data.KINDS[kind]
     hour = "2026-11-23T05:00Z" if kind == "daily" else "2026-11-23"
     return {
         "kind": kind,
         "generated_at": "2026-11-23T06:00:00Z",
-        "since": report._iso(since),
+        "since": report_data.iso_time(since),
         "until": "2026-11-23T06:00:00Z",
         "inventory": "inventories/test.yml",
         "hosts": ["web1", "db1"],
@@ -270,7 +273,7 @@ def svgs(html: str) -> list[str]:
 
 
 def test_daily_numbers_appear_in_markdown_html_and_json() -> None:
-    r = report.render(fixture_report())
+    r = render.render(fixture_report())
     md, html = r.markdown, r.html
     page = text_of(html)
     for expected in (
@@ -298,7 +301,7 @@ def test_daily_numbers_appear_in_markdown_html_and_json() -> None:
 
 
 def test_action_items_most_severe_first_with_what_to_do() -> None:
-    acts = report.action_items(fixture_report())
+    acts = judge.action_items(fixture_report())
     levels = [a["level"] for a in acts]
     assert levels == sorted(levels, key=["critical", "unknown", "warning", "info"].index)
     whats = " ".join(a["what"] for a in acts)
@@ -315,7 +318,7 @@ def test_escaping_markdown_html_and_slack() -> None:
     data = fixture_report()
     data["hosts"].append("evil|<b>")
     data["errors"]["history:evil|<b>"] = "boom <img src=x> | *bold*"
-    r = report.render(data)
+    r = render.render(data)
     assert "<script>" not in r.html and "&lt;script&gt;" in r.html
     assert "<img src=x>" not in r.html
     assert "deny dot-files \\| in nginx" in r.markdown
@@ -325,7 +328,7 @@ def test_escaping_markdown_html_and_slack() -> None:
 
 
 def test_charts_in_the_page_are_valid_svg() -> None:
-    html = report.render(fixture_report()).html
+    html = render.render(fixture_report()).html
     found = svgs(html)
     assert len(found) >= 4  # latency, usage bars, traffic, backup sizes
     for svg in found:
@@ -377,41 +380,77 @@ def test_empty_report_renders_and_says_what_was_not_read() -> None:
         "seconds": {},
         "settings": {},
     }
-    r = report.render(data)
+    r = render.render(data)
     assert "Fleet status was not read" in r.markdown
     assert "opskit.status is not available" in r.markdown
     assert "**Not read:** web1" in r.markdown
     assert "NOT READ" in r.html
-    assert report.overall_level(data) == "unknown"
-    assert report.exit_code(data) == 1
+    assert judge.overall_level(data) == "unknown"
+    assert judge.exit_code(data) == 1
     for kind in ("weekly",):
-        report.render({**data, "kind": kind})
+        render.render({**data, "kind": kind})
 
 
 def test_exit_codes() -> None:
     data = fixture_report()
-    assert report.exit_code(data) == 0
-    assert report.exit_code(data, "critical") == 5
-    assert report.exit_code(data, "warning") == 5
+    assert judge.exit_code(data) == 0
+    assert judge.exit_code(data, "critical") == 5
+    assert judge.exit_code(data, "warning") == 5
     calm = copy.deepcopy(data)
     calm["status"]["worst"] = "warning"
     calm["audit"]["worst"] = "low"
-    assert report.exit_code(calm, "critical") == 0
-    assert report.exit_code(calm, "warning") == 4
+    assert judge.exit_code(calm, "critical") == 0
+    assert judge.exit_code(calm, "warning") == 4
     with pytest.raises(ConfigError, match="--fail-on"):
-        report.exit_code(data, "sometimes")
+        judge.exit_code(data, "sometimes")
+
+
+def test_levels_and_exit_codes_follow_the_checks_model() -> None:
+    """opskit.checks.levels: audit severities map as Severity.level (low and medium warning,
+    high and critical critical); exit codes 5 critical, else 1 unreadable, else 4 warning."""
+    quiet = {"kind": "daily", "status": {"worst": "ok"}, "audit": {"worst": "ok"}}
+    assert judge.overall_level(quiet) == "ok"
+    assert judge.exit_code(quiet, "warning") == ExitStatus.OK
+    for worst, level in (("low", "warning"), ("medium", "warning"), ("high", "critical")):
+        assert judge.overall_level({**quiet, "audit": {"worst": worst}}) == level
+    assert judge.overall_level({**quiet, "status": {"worst": "bogus"}}) == "unknown"
+    warned = {**quiet, "audit": {"worst": "low"}}
+    assert judge.exit_code(warned, "warning") == ExitStatus.WARNING
+    assert judge.exit_code(warned, "critical") == ExitStatus.OK
+    assert judge.exit_code({**warned, "errors": {"history:web1": "?"}}, "warning") == 1
+    unread = {**quiet, "unreadable": ["web1"]}
+    assert judge.overall_level(unread) == "unknown"
+    assert judge.exit_code(unread, "warning") == ExitStatus.HOST_FAILED
+    critical = {**unread, "backups": [{"host": "db1", "error": "S3 said no"}]}
+    assert judge.exit_code(critical, "critical") == ExitStatus.CRITICAL
+    assert judge.exit_code(critical) == ExitStatus.HOST_FAILED  # no --fail-on: written, not read
+    findings = [
+        {"severity": sev, "title": sev, "fix": "x"} for sev in ("info", "low", "critical", "odd")
+    ]
+    audited = {
+        **quiet,
+        "audit": {"worst": "critical", "hosts": [{"host": "h", "findings": findings}]},
+    }
+    acts = [(a["level"], a["what"]) for a in judge.action_items(audited)]
+    assert acts == [
+        ("critical", "[critical] critical"),
+        ("warning", "[low] low"),
+        ("warning", "[odd] odd"),
+    ]
+    view = build_view({**fixture_report(), "audit": audited["audit"]})
+    assert [f["severity"] for f in view["findings"]] == ["critical", "low", "info", "odd"]
 
 
 def test_secrets_never_reach_the_files() -> None:
     data = fixture_report()
     data["errors"]["backups:db1"] = "S3 said no to key AKIAs3cr3tvalue"
-    r = report.render(data, secrets=["AKIAs3cr3tvalue"])
+    r = render.render(data, secrets=["AKIAs3cr3tvalue"])
     for text in (r.markdown, r.html, r.json, r.slack):
         assert "AKIAs3cr3tvalue" not in text
 
 
 def test_slack_summary_is_short_with_counts_and_link() -> None:
-    r = report.render(fixture_report(), link="https://ops.example.com/r/daily-2026-11-23.html")
+    r = render.render(fixture_report(), link="https://ops.example.com/r/daily-2026-11-23.html")
     lines = r.slack.strip().splitlines()
     assert len(lines) <= 6
     assert "CRITICAL" in lines[0]
@@ -434,11 +473,11 @@ def test_weekly_has_trends_and_reads_the_weeks_dailies(tmp_path: Path) -> None:
         json.dumps({"generated_at": "2026-10-01T06:00:00Z", "numbers": {"worst": "ok"}})
     )
     (tmp_path / "daily-broken.json").write_text("{")
-    previous = report._previous_reports(tmp_path, since, until)
+    previous = gather.previous_reports(tmp_path, since, until)
     assert [p["cert_min_days"] for p in previous] == [15, 14, 13]
     data = fixture_report("weekly")
     data["previous"] = previous
-    r = report.render(data)
+    r = render.render(data)
     assert "# Weekly review 2026-11-23" in r.markdown
     assert "## To do this week" in r.markdown
     assert "`inv backup.drill`" in r.markdown
@@ -450,13 +489,13 @@ def test_weekly_has_trends_and_reads_the_weeks_dailies(tmp_path: Path) -> None:
 
 
 def test_weekly_without_dailies_says_how_to_get_trends() -> None:
-    md = report.render(fixture_report("weekly")).markdown
+    md = render.render(fixture_report("weekly")).markdown
     assert "No daily reports of this week" in md
 
 
 def test_incidents_open_and_closed() -> None:
     hist = fixture_report()["history"]["web1"]
-    [inc] = report.incidents(hist)
+    [inc] = judge.incidents(hist)
     assert inc["open"] and inc["checks"] == ["disk"] and inc["runs"] == 2
 
 
@@ -480,33 +519,33 @@ def host(**v: Any) -> Host:
 
 def test_settings_refuse_a_plain_webhook_and_fall_back_to_the_health_checks() -> None:
     with pytest.raises(ConfigError, match="secret"):
-        report.settings_for([host(report_slack_webhook_url="https://hooks.slack.com/x")])
-    s = report.settings_for([host(healthcheck_slack_webhook_url=Secret("https://h/x"))], "out")
+        report_data.settings_for([host(report_slack_webhook_url="https://hooks.slack.com/x")])
+    s = report_data.settings_for([host(healthcheck_slack_webhook_url=Secret("https://h/x"))], "out")
     assert s.slack_webhook == "https://h/x" and s.out_dir == Path("out")
     with pytest.raises(ConfigError, match="report_max_items"):
-        report.settings_for([host(report_max_items="many")])
+        report_data.settings_for([host(report_max_items="many")])
     with pytest.raises(ConfigError, match="unknown report kind"):
-        report.gather(None, [host()], "monthly")  # type: ignore[arg-type]
+        gather.gather(None, [host()], "monthly")  # type: ignore[arg-type]
 
 
 def test_access_log_of() -> None:
-    assert report.access_log_of(host()) == "/var/log/nginx/access.log"
-    assert report.access_log_of(host(report_access_log="/x.log")) == "/x.log"
+    assert history.access_log_of(host()) == "/var/log/nginx/access.log"
+    assert history.access_log_of(host(report_access_log="/x.log")) == "/x.log"
 
 
 @responses.activate
 def test_post_slack_sends_text_and_hides_the_url() -> None:
     url = "http://127.0.0.1:9/services/T1/B1/s3cr3ttoken"
     responses.add(responses.POST, url, body="ok", status=200)
-    report.post_slack("hello", Secret(url))
+    publish.post_slack("hello", Secret(url))
     assert json.loads(responses.calls[0].request.body) == {"text": "hello"}
     responses.replace(responses.POST, url, body="no_text", status=400)
     with pytest.raises(ApiError) as err:
-        report.post_slack("hello", Secret(url))
+        publish.post_slack("hello", Secret(url))
     assert "s3cr3ttoken" not in str(err.value)
 
 
-# --- the history script, run locally on fixture logs --------------------------------------------
+# --- the history program (opskit/hostside/report_history.py) ------------------------------------
 
 
 def log_line(t: dt.datetime, status: int, path: str = "/", rt: str | None = "0.120") -> str:
@@ -515,7 +554,8 @@ def log_line(t: dt.datetime, status: int, path: str = "/", rt: str | None = "0.1
     return line + (f" {rt}" if rt else "") + "\n"
 
 
-def test_history_script_aggregates_current_and_rotated_logs(tmp_path: Path) -> None:
+def test_history_command_runs_the_program_as_sent_to_hosts(tmp_path: Path) -> None:
+    """The report's one command, run here by a shell: the module's source on python3's stdin."""
     log = tmp_path / "access.log"
     t0 = NOW - dt.timedelta(hours=2)
     log.write_text(
@@ -528,26 +568,172 @@ def test_history_script_aggregates_current_and_rotated_logs(tmp_path: Path) -> N
     with gzip.open(tmp_path / "access.log.2.gz", "wt") as f:
         f.write(log_line(t0 - dt.timedelta(hours=3), 500, "/api"))
         f.write(log_line(NOW - dt.timedelta(days=3), 200))  # before the window
-    params = {
-        "since": (NOW - dt.timedelta(hours=24)).timestamp(),
-        "until": NOW.timestamp(),
-        "bucket": "hour",
-        "access_log": str(log),
-    }
+    h = host(report_access_log=str(log))
+    params = history.params_for(
+        h, "daily", (NOW - dt.timedelta(hours=24)).timestamp(), NOW.timestamp()
+    )
+    assert params["bucket"] == report_history.HOUR
+    command = history.history_command(params)
+    assert command.startswith("python3 - ")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     out = subprocess.run(
-        [sys.executable, "-", json.dumps(params)],
-        input=report.HISTORY_SCRIPT.read_text(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True, env=env
     ).stdout
-    data = report.parse_history(out)
-    nginx = data["nginx"]
-    assert report.nginx_totals(data) == {"requests": 5, "4xx": 1, "5xx": 2}
+    result = history.parse_history(out)
+    nginx = result["nginx"]
+    assert judge.nginx_totals(result) == {"requests": 5, "4xx": 1, "5xx": 2}
     assert len(nginx["files"]) == 3 and nginx["unparsed"] == 1
-    b = nginx["buckets"][t0.strftime("%Y-%m-%dT%H:00Z")]
+    b = nginx["buckets"][t0.strftime(report_history.HOUR_FORMAT)]
     assert (b["requests"], b["5xx"], b["timed"], b["p95_ms"]) == (3, 1, 2, 2500.0)
     assert nginx["top_5xx_paths"][0] == ["/api", 2]
-    assert data["alerts"]["source"] in ("journal", "syslog", "none")
-    assert "python3 - " in report.history_command(params)
+    assert result["alerts"]["source"] in ("journal", "syslog", "none")
+
+
+def test_history_program_refuses_bad_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_history.main(["-"]) == 2
+    assert report_history.main(["-", '{"since": 0, "until": 1, "bucket": "week"}']) == 2
+    assert report_history.main(["-", '{"since": "then", "until": 1, "bucket": "day"}']) == 2
+    err = capsys.readouterr().err
+    assert "bad parameters" in err and "week" in err and "since/until" in err
+
+
+def test_history_program_prints_one_json_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_history, "journal_lines", lambda since, until: None)
+    monkeypatch.setattr(report_history, "syslog_lines", lambda since, until: [])
+    params = {"since": 0, "until": 1, "bucket": "day", "access_log": str(tmp_path / "none.log")}
+    assert report_history.main(["-", json.dumps(params)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["nginx"] == {"path": str(tmp_path / "none.log"), "error": "no such file"}
+    assert printed["alerts"]["source"] == "none" and printed["alerts"]["runs"] == []
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (log_line(NOW, 200), (NOW.timestamp(), 200, "/", 0.12)),
+        (log_line(NOW, 503, "/api/x?id=3", rt="1.250"), (NOW.timestamp(), 503, "/api/x", 1.25)),
+        (log_line(NOW, 404, rt=None), (NOW.timestamp(), 404, "/", None)),
+        (log_line(NOW, 200, rt="rt=0.004"), (NOW.timestamp(), 200, "/", 0.004)),
+        (
+            '1.2.3.4 - - [23/Nov/2026:07:00:00 +0100] "-" 400 0 "-" "-"',
+            (NOW.timestamp(), 400, "?", None),  # no request line; the zone is honoured
+        ),
+        ('1.2.3.4 - - [23/Nov/2026:99:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "-"', None),
+        ("garbage", None),
+        ("", None),
+    ],
+)
+def test_access_log_line_parsing(line: str, expected: tuple[Any, ...] | None) -> None:
+    req = report_history.parse_line(line)
+    got = None if req is None else (req.ts, req.status, req.path, req.seconds)
+    assert got == expected
+
+
+def test_per_hour_aggregation_counts_the_window_only() -> None:
+    t = NOW - dt.timedelta(hours=3)
+    lines = [
+        log_line(t, 200, rt="0.100"),
+        log_line(t + dt.timedelta(minutes=59, seconds=59), 200, rt="0.300"),
+        log_line(t + dt.timedelta(minutes=60), 404, rt=None),  # the next hour
+        log_line(t + dt.timedelta(minutes=61), 500, "/a?q=1", rt="0.200"),
+        log_line(t + dt.timedelta(minutes=62), 502, "/a", rt="0.400"),
+        log_line(t + dt.timedelta(minutes=63), 500, "/b", rt="0.900"),
+        log_line(NOW + dt.timedelta(seconds=1), 200),  # after the window
+        log_line(t - dt.timedelta(seconds=1), 200),  # before it
+        "not a log line\n",
+    ]
+    traffic = report_history.aggregate(lines, t.timestamp(), NOW.timestamp(), "hour")
+    counts = traffic.counts()
+    first, second = (
+        t.strftime("%Y-%m-%dT%H:00Z"),
+        (t + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:00Z"),
+    )
+    assert list(counts) == [first, second]
+    assert counts[first] == {
+        "requests": 2,
+        "4xx": 0,
+        "5xx": 0,
+        "p50_ms": 100.0,
+        "p95_ms": 300.0,
+        "timed": 2,
+    }
+    assert counts[second] == {
+        "requests": 4,
+        "4xx": 1,
+        "5xx": 3,
+        "p50_ms": 400.0,
+        "p95_ms": 900.0,
+        "timed": 3,
+    }
+    assert traffic.unparsed == 1 and traffic.with_times == 5
+    assert traffic.top_5xx_paths() == [("/a", 2), ("/b", 1)]
+    by_day = report_history.aggregate(lines, t.timestamp(), NOW.timestamp(), "day").counts()
+    assert list(by_day) == [NOW.strftime(report_history.DAY_FORMAT)]
+    assert by_day[NOW.strftime(report_history.DAY_FORMAT)]["requests"] == 6
+
+
+def test_rotated_logs_plain_and_gzipped_old_ones_left_out(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    t0 = NOW - dt.timedelta(hours=1)
+    log.write_text(log_line(t0, 200))
+    (tmp_path / "access.log.1").write_text(log_line(t0, 404))
+    with gzip.open(tmp_path / "access.log.2.gz", "wt") as f:
+        f.write(log_line(t0, 500, "/gz"))
+    with gzip.open(tmp_path / "access.log.9.gz", "wt") as f:
+        f.write(log_line(t0, 500, "/old"))
+    (tmp_path / "other.log.1.gz").write_bytes(b"")  # not one of this log's files
+    old = (NOW - dt.timedelta(days=30)).timestamp()
+    os.utime(tmp_path / "access.log.9.gz", (old, old))  # rotated before the window
+    since = (NOW - dt.timedelta(hours=24)).timestamp()
+    files = report_history.log_files(str(log), since)
+    assert sorted(Path(f).name for f in files) == ["access.log", "access.log.1", "access.log.2.gz"]
+    assert list(report_history.read_lines(str(tmp_path / "access.log.2.gz"))) == [
+        log_line(t0, 500, "/gz")
+    ]
+    result = report_history.nginx(str(log), since, NOW.timestamp(), "hour")
+    assert result is not None and "error" not in result
+    assert [c["requests"] for c in result["buckets"].values()] == [3]
+    assert result["top_5xx_paths"] == [("/gz", 1)]
+    (tmp_path / "access.log.2.gz").write_bytes(b"not gzip")
+    broken = report_history.nginx(str(log), since, NOW.timestamp(), "hour")
+    assert broken is not None and broken.get("error", "").startswith(str(tmp_path))
+    assert report_history.nginx(None, since, NOW.timestamp(), "hour") is None
+
+
+def test_health_check_runs_from_syslog_files(tmp_path: Path) -> None:
+    t = NOW - dt.timedelta(hours=1)
+    stamp = t.isoformat()
+    tag = report_history.HEALTHCHECK_TAG
+    (tmp_path / "syslog").write_text(
+        f"{stamp} web1 {tag}[42]: CRITICAL disk disk / 95% used\n"
+        f"{stamp} web1 {tag}[42]: slack: sent alert\n"
+        f"{stamp} web1 cron[1]: unrelated\n"
+    )
+    with gzip.open(tmp_path / "syslog.2.gz", "wt") as f:
+        old = (NOW - dt.timedelta(days=3)).isoformat()
+        f.write(f"{old} web1 {tag}[7]: WARNING http slow\n")  # before the window
+        f.write(f"{(t - dt.timedelta(minutes=5)).isoformat()} web1 {tag}[9]: recovered?\n")
+    lines = report_history.syslog_lines(
+        (NOW - dt.timedelta(hours=24)).timestamp(), NOW.timestamp(), str(tmp_path / "syslog*")
+    )
+    assert [(pid, msg) for _, pid, msg in lines] == [
+        ("9", "recovered?"),
+        ("42", "CRITICAL disk disk / 95% used"),
+        ("42", "slack: sent alert"),
+    ]
+    runs = report_history.group_runs(lines)
+    assert [(r["problems"], r["sent"], r["other"]) for r in runs] == [
+        ([], None, ["recovered?"]),
+        ([["critical", "disk", "disk / 95% used"]], "alert", []),
+    ]
+    assert runs[1]["time"] == t.isoformat(timespec="seconds")
+
+
+def test_history_program_source_is_sent_verbatim_and_stands_alone() -> None:
+    source = history.HISTORY_PROGRAM.read_text()
+    assert source in history.history_command(
+        {"since": 0, "until": 1, "bucket": "hour", "access_log": None}
+    )
+    assert "import opskit" not in source and "from opskit" not in source
