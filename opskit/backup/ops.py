@@ -26,6 +26,7 @@ from typing import Any
 
 from opskit.clients import ApiError
 from opskit.clients.s3 import BucketPolicy, ObjectInfo, S3Settings, S3Store, make_client
+from opskit.core.cron import validate_cron_schedule
 from opskit.core.errors import ConfigError, ConnectError, OpsError, RemoteCommandError
 from opskit.core.inventory import Host, Inventory
 from opskit.core.remote import Remote, connect
@@ -33,7 +34,6 @@ from opskit.core.result import Change
 from opskit.core.roles import available_roles
 from opskit.core.runner import RunContext, run_on_hosts
 from opskit.core.secrets import Secret, redact
-from opskit.resources import validate_cron_schedule
 
 log = logging.getLogger(__name__)
 q = shlex.quote
