@@ -331,17 +331,20 @@ class _Loader:
         return out
 
     def unknown_variable(self, name: str) -> str:
-        """Why `name` is refused: the declared variable it is close to (and whose it is), or the
-        role its prefix names that does not exist; and how variables are declared."""
-        close = difflib.get_close_matches(name, list(self.declared), n=1)
+        """Why `name` is refused: the declared variable it is close to (and who declares it),
+        or the role its prefix names that does not exist; and how variables are declared."""
         how = (
-            f"every variable is declared by opskit (opskit/core/defaults/) or by a role "
+            "a variable is declared by opskit (opskit/core/defaults/) or by a role "
             f"(roles/<role>/schema.yml; see {DOC_POINTER})"
         )
+        close = difflib.get_close_matches(name, list(self.declared), n=1)
         if close:
             var = self.declared[close[0]]
-            whose = "opskit's" if var.owner == "opskit" else f"role {var.owner}'s"
-            return f"unknown variable (did you mean '{close[0]}', {whose}?); {how}"
+            whose = "opskit" if var.owner == "opskit" else f"role {var.owner}"
+            return (
+                f"unknown variable (did you mean '{close[0]}'?): {whose} declares that one "
+                f"in {var.source}; {how}"
+            )
         prefix = name.split("_", 1)[0]
         if prefix not in self.roles and not any(
             v.owner == "opskit" and n.startswith(f"{prefix}_") for n, v in self.declared.items()

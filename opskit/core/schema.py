@@ -598,7 +598,7 @@ def short_type(spec: Spec) -> str:
     """A compact form of the type for tables: `int 1-64`, `list of path`, `cluster\\|fork`."""
     kind = spec.type
     if spec.what:
-        text = re.sub(r"^(an?|the) ", "", spec.what)
+        text = re.sub(r"^(an?|the|one) | \(.*\)$", "", spec.what)
     elif kind == "one_of":
         text = " or ".join(short_type(s) for s in spec.one_of)
     elif kind == "enum":

@@ -114,8 +114,10 @@ def test_select_unknown_names_choices(tmp_path):
         (
             "ssh: {known_hosts: k}\nvars: {base_timezon: UTC}\n"
             "groups: {web: {hosts: {w1: {address: x}}}}",
-            r"vars.base_timezon: unknown variable \(did you mean 'base_timezone', role base's\?\);"
-            r" every variable is declared .* \(roles/<role>/schema.yml; see docs/writing-a-role",
+            r"vars.base_timezon: unknown variable \(did you mean 'base_timezone'\?\): role base "
+            r"declares that one in .*/base/schema.yml; a variable is declared by opskit "
+            r"\(opskit/core/defaults/\) or by a role \(roles/<role>/schema.yml; see "
+            r"docs/writing-a-role.md\)",
         ),
         (
             "ssh: {known_hosts: k}\ngroups: {web: {roles: [bsae], hosts: {w1: {address: x}}}}",
@@ -278,7 +280,7 @@ def one_host(top: str = "", roles: str = "app", host: str = "") -> str:
         ),
         (
             one_host("vars: {vaultt_token: x}", roles="vault"),
-            r"unknown variable \(did you mean 'vault_token', role vault's\?\)",
+            r"unknown variable \(did you mean 'vault_token'\?\): role vault declares",
         ),
         (
             one_host("vars: {mine_colour: blue}"),
