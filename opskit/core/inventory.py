@@ -345,10 +345,12 @@ class _Loader:
                 f"unknown variable (did you mean '{close[0]}'?): {whose} declares that one "
                 f"in {var.source}; {how}"
             )
-        prefix = name.split("_", 1)[0]
-        if prefix not in self.roles and not any(
-            v.owner == "opskit" and n.startswith(f"{prefix}_") for n, v in self.declared.items()
-        ):
+        owners = {
+            v.owner if v.owner != "opskit" else n.split("_", 1)[0] for n, v in self.declared.items()
+        }
+        owners.update(self.roles)
+        if not any(name.startswith(f"{o}_") for o in owners):
+            prefix = name.split("_", 1)[0]
             return f"unknown variable: no role '{prefix}' is known ({where_roles_are()}); {how}"
         return f"unknown variable; {how}"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from opskit.core.errors import ConfigError
+from opskit.core.errors import ConfigError, TemplateError
 from opskit.core.resource import Resource
 from opskit.core.schema import Invalid, Variable, check, infer_variables, is_unset, load_schema
 
@@ -206,7 +206,7 @@ def build_resources(
     for name in names:
         try:
             made = roles[name].module().resources(v)
-        except ConfigError as exc:
+        except (ConfigError, TemplateError) as exc:
             raise ConfigError(f"role {name}: {exc}") from None
         except KeyError as exc:
             raise ConfigError(

@@ -379,7 +379,8 @@ def _enum(spec: Spec, value: Any, at: str) -> bool | Invalid:
     if any(type(value) is type(c) and value == c for c in spec.choices):
         return True
     words = [str(c) for c in spec.choices]
-    hint = did_you_mean(value, words) if isinstance(value, str) else ""
+    plain = isinstance(value, str) and not isinstance(value, Secret)
+    hint = did_you_mean(value, words) if plain else ""
     return _expected(spec, value, at, hint)
 
 
@@ -427,7 +428,7 @@ def _cron(spec: Spec, value: Any, at: str) -> bool | Invalid:
     try:
         validate_cron_schedule(value)
     except ConfigError as exc:
-        return Invalid(at, str(exc))
+        return _expected(spec, value, at) if isinstance(value, Secret) else Invalid(at, str(exc))
     return True
 
 
@@ -441,9 +442,8 @@ def _timezone(spec: Spec, value: Any, at: str) -> bool | Invalid:
         return False
     if value in _zones():
         return True
-    return Invalid(
-        at, f"unknown time zone {value!r}{did_you_mean(value, _zones())} (e.g. UTC, Europe/Berlin)"
-    )
+    hint = "" if isinstance(value, Secret) else did_you_mean(value, _zones())
+    return Invalid(at, f"unknown time zone {shown(value)}{hint} (e.g. UTC, Europe/Berlin)")
 
 
 def _port(spec: Spec, value: Any, at: str) -> bool:

@@ -326,7 +326,7 @@ def test_roles_say_where_they_came_from(tmp_path):
 
 
 HANDLER_ROLE = """
-from opskit.resources import File, Service
+from opskit.resources import File, Service, Template
 
 def resources(v):
     return [File("/etc/demo.conf", "x"), Service("demo", reload_on=(v["demo_watch"],))]
@@ -341,6 +341,7 @@ def resources(v):
             r"w1: role demo: service:demo reload_on names 'file:/etc/demo.con',"
             r" which is no resource of this host \(did you mean 'file:/etc/demo.conf'\?\)",
         ),
+        ("tpl", r"w1: role demo: templates/demo/none.j2: template not found"),
         ("boom", r"w1: role demo: demo_watch: boom"),
         (
             "key",
@@ -356,7 +357,9 @@ def test_resources_are_built_at_load_with_their_handler_references(tmp_path, wat
         "    if v['demo_watch'] == 'boom':\n"
         "        raise ConfigError('demo_watch: boom')\n"
         "    if v['demo_watch'] == 'key':\n"
-        "        v['demo_missing']",
+        "        v['demo_missing']\n"
+        "    if v['demo_watch'] == 'tpl':\n"
+        "        Template('/etc/demo.conf', 'demo/none.j2', v)",
     )
     roles = make_roles(
         tmp_path / "roles",

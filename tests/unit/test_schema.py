@@ -106,6 +106,17 @@ def test_a_secret_value_is_checked_but_never_shown():
     with pytest.raises(Invalid, match="must be a secret reference") as info:
         check(s, "https://hooks.example/T1/s3cr3t")
     assert "s3cr3t" not in str(info.value)
+    for kind, value in (
+        ("cron", "s3cr3t * * *"),
+        ("timezone", "Europe/s3cr3t"),
+        ("port", "s3cr3t"),
+    ):
+        with pytest.raises(Invalid) as info:
+            check(spec(kind), Secret(value))
+        assert "s3cr3t" not in str(info.value) and "the secret value" in str(info.value)
+    with pytest.raises(Invalid) as info:
+        check(spec({"choices": ["s3cr3t1"]}), Secret("s3cr3t2"))
+    assert "s3cr3t2" not in str(info.value) and "did you mean" not in str(info.value)
 
 
 def test_descriptions_for_messages_and_tables():
