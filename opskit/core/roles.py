@@ -7,7 +7,6 @@ opskit/core/schema.py and docs/writing-a-role.md). A role with a plain `defaults
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import re
@@ -21,7 +20,15 @@ from typing import Any
 
 from opskit.core.errors import ConfigError, TemplateError
 from opskit.core.resource import Resource
-from opskit.core.schema import Invalid, Variable, check, infer_variables, is_unset, load_schema
+from opskit.core.schema import (
+    Invalid,
+    Variable,
+    check,
+    did_you_mean,
+    infer_variables,
+    is_unset,
+    load_schema,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "roles"
@@ -35,6 +42,7 @@ DEFAULTS_FILE = "defaults.yml"  # the plain form: name: default, typed after the
 # Fields through which a resource names others it reacts to (handlers): Service(reload_on=,
 # restart_on=), DaemonReload(watch), and any resource kind with a `watch` of resource ids.
 HANDLER_FIELDS = ("watch", "reload_on", "restart_on")
+_VARIABLE = re.compile(r"[a-z][a-z0-9]*_[a-z0-9_]+")  # what a variable's name looks like
 
 
 def extra_roots() -> tuple[Path, ...]:
@@ -209,8 +217,11 @@ def build_resources(
         except (ConfigError, TemplateError) as exc:
             raise ConfigError(f"role {name}: {exc}") from None
         except KeyError as exc:
+            key = exc.args[0] if exc.args else None
+            if not isinstance(key, str) or key in v or not _VARIABLE.fullmatch(key):
+                raise  # not a variable: a bug of the role's own
             raise ConfigError(
-                f"role {name}: reads variable {exc.args[0]!r}, which none of the host's roles "
+                f"role {name}: reads variable {key!r}, which none of the host's roles "
                 f"declares (declare it in roles/{name}/{SCHEMA_FILE})"
             ) from None
         built += [(name, r) for r in made]
@@ -226,10 +237,8 @@ def build_resources(
                 refs = (refs,)
             for ref in refs:
                 if ref not in owner:
-                    close = difflib.get_close_matches(str(ref), list(owner), n=1)
-                    hint = f" (did you mean '{close[0]}'?)" if close else ""
                     raise ConfigError(
                         f"role {name}: {r.id} {attr} names '{ref}', which is no resource of "
-                        f"this host{hint}"
+                        f"this host{did_you_mean(str(ref), owner)}"
                     )
     return [r for _, r in built]

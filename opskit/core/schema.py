@@ -20,6 +20,7 @@ neither null nor ""), `secret` (a non-empty value must come from `{secret: NAME}
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import math
@@ -59,29 +60,6 @@ TYPES: dict[str, str] = {
     "network": "an IP network in CIDR notation (10.0.0.0/24)",
     "email": "an e-mail address",
 }
-SPEC_KEYS = {
-    "type",
-    "doc",
-    "default",
-    "choices",
-    "min",
-    "max",
-    "above",
-    "pattern",
-    "items",
-    "min_items",
-    "keys",
-    "values",
-    "fields",
-    "one_of",
-    "schemes",
-    "absolute",
-    "nullable",
-    "empty",
-    "required",
-    "secret",
-    "what",
-}
 DOC_POINTER = "docs/writing-a-role.md"
 
 _DURATION = re.compile(r"(\d+[smhdw])+|\d+")
@@ -114,6 +92,10 @@ class Spec:
     required: bool = False
     secret: bool = False
     what: str = ""  # what a value is, in words ("an S3 bucket name"): messages and docs
+
+
+# What a declaration may say: the Spec's fields, and the variable's default.
+SPEC_KEYS = frozenset({f.name for f in dataclasses.fields(Spec)} | {"default"})
 
 
 @dataclass(frozen=True)
@@ -673,11 +655,3 @@ def readme_with_table(text: str, table: str, where: str) -> str:
         )
     head_end = text.index("\n", start) + 1
     return text[:head_end] + table + "\n" + text[end:]
-
-
-def variables_from(paths: Iterable[tuple[Path, str, str]]) -> dict[str, Variable]:
-    """Read several schema files ((path, owner, prefix) each) into one mapping."""
-    out: dict[str, Variable] = {}
-    for path, owner, prefix in paths:
-        out.update(load_schema(path, owner, prefix))
-    return out
