@@ -18,12 +18,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opskit.clients.s3 import BucketPolicy, S3Settings
+from opskit.core.cron import validate_cron_schedule
 from opskit.core.errors import ConfigError
 from opskit.core.inventory import Host
 from opskit.core.render import managed_by
 from opskit.core.secrets import Secret
 from opskit.hostside.backup import NAME_RE, VERIFY_MODES, Config, S3Config, key_prefix
-from opskit.resources import validate_cron_schedule
 
 ROLE = "backup"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -3,6 +3,15 @@
 Precedence of variables: role defaults < top `vars` < group `vars` < host `vars`. Two groups
 that give one host different values for a key is an error. A value `{secret: NAME}` is read from
 the environment variable NAME or the inventory's secrets file (mode 0600 only).
+
+Roles: a host gets the top-level `roles:` and those of its groups. An inventory without a
+top-level `roles:` gives every host the `base` role (DEFAULT_ROLES); `Host.role_sources` says
+where each role came from, and `describe_roles` shows it (`inv provision --check`).
+
+Everything is checked here, once, before anything connects: every variable against its
+declaration (opskit/core/schema.py: type, range, choices, secret), the variables each host's
+roles require, and each host's resources are built (so a role's own checks run) with every
+handler reference (`reload_on`, `restart_on`, `watch`) naming a resource of that host.
 """
 
 from __future__ import annotations
@@ -18,14 +27,26 @@ from typing import Any
 import yaml
 
 from opskit.core.errors import ConfigError
-from opskit.core.roles import CORE_VARS, Role, available_roles
-from opskit.core.secrets import Secret, SecretStore
+from opskit.core.roles import (
+    Role,
+    available_roles,
+    build_resources,
+    core_variables,
+    missing_required,
+    required_problem,
+    where_roles_are,
+)
+from opskit.core.schema import DOC_POINTER, Invalid, Variable, check, did_you_mean, is_unset
+from opskit.core.secrets import Secret, SecretStore, redact
 
 TOP_KEYS = {"ssh", "lab", "secrets", "roles", "vars", "groups"}
 SSH_KEYS = {"known_hosts", "identity", "connect_timeout", "sudo_password"}
 SECRETS_KEYS = {"file"}
 GROUP_KEYS = {"roles", "vars", "hosts"}
 HOST_KEYS = {"address", "port", "user", "vars"}
+# The roles of every host when the inventory has no top-level `roles:` (shown as implicit).
+DEFAULT_ROLES = ("base",)
+IMPLICIT = "default: the inventory sets no top-level roles"
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,8 @@ class Host:
     groups: tuple[str, ...]
     roles: tuple[str, ...]
     vars: Mapping[str, Any] = field(repr=False)
+    # role -> where it came from: "roles" (top level), "groups.<g>.roles", or IMPLICIT
+    role_sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -101,8 +124,13 @@ def load_inventory(
     *,
     roles: Mapping[str, Role] | None = None,
     environ: Mapping[str, str] | None = None,
+    build: bool = True,
 ) -> Inventory:
-    """Read, validate and resolve the inventory at `path`; errors name the file and the key."""
+    """Read, validate and resolve the inventory at `path`; errors name the file and the key.
+
+    `build`: also build every host's role resources (which runs the roles' own checks and reads
+    the files they send, e.g. CA bundles) and check their handler references.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -115,7 +143,12 @@ def load_inventory(
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from exc
-    return _Loader(path, roles if roles is not None else available_roles(), environ).load(data)
+    loader = _Loader(path, roles if roles is not None else available_roles(), environ)
+    inventory = loader.load(data)
+    if build:
+        for host in inventory.hosts:
+            loader.build(host)
+    return inventory
 
 
 class _Loader:
@@ -123,9 +156,10 @@ class _Loader:
         self, path: Path, roles: Mapping[str, Role], environ: Mapping[str, str] | None
     ) -> None:
         self.path, self.roles, self.environ = path, roles, environ
-        self.declared: dict[str, Any] = dict(CORE_VARS)
+        self.declared: dict[str, Variable] = dict(core_variables())
         for role in roles.values():
-            self.declared.update(role.defaults)
+            self.declared.update(role.variables)
+        self.host_keys: dict[str, str] = {}
 
     def err(self, key: str, msg: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {msg}")
@@ -139,7 +173,7 @@ class _Loader:
             if not isinstance(k, str):
                 raise self.err(key, f"keys must be strings, got {k!r}")
             if allowed is not None and k not in allowed:
-                raise self.err(f"{key}.{k}" if key else k, f"unknown key{_hint(k, allowed)}")
+                raise self.err(f"{key}.{k}" if key else k, f"unknown key{did_you_mean(k, allowed)}")
         return value
 
     def load(self, data: Any) -> Inventory:
@@ -154,7 +188,18 @@ class _Loader:
         self.store = SecretStore(secrets_file, self.environ)
 
         ssh = self.ssh_settings(self.mapping(top.get("ssh"), "ssh", SSH_KEYS), base_dir)
-        top_roles = self.role_list(top.get("roles", ["base"]), "roles")
+        if "roles" in top:
+            top_roles = self.role_list(top["roles"], "roles")
+            top_source = "roles"
+        else:
+            missing = [r for r in DEFAULT_ROLES if r not in self.roles]
+            if missing:
+                raise self.err(
+                    "roles",
+                    f"not set, so every host gets {', '.join(DEFAULT_ROLES)}, which is no known "
+                    f"role ({where_roles_are()}); set the top-level roles, [] for none",
+                )
+            top_roles, top_source = list(DEFAULT_ROLES), IMPLICIT
         top_vars = self.vars(top.get("vars"), "vars")
 
         groups_raw = self.mapping(top.get("groups"), "groups")
@@ -175,10 +220,12 @@ class _Loader:
                 _check_name(self, hkey, hname)
                 entry = self.mapping(hraw, hkey, HOST_KEYS)
                 merged = entries.setdefault(
-                    hname, {"groups": [], "roles": [], "gvars": {}, "gvar_src": {}, "host": {}}
+                    hname,
+                    {"groups": [], "roles": {}, "gvars": {}, "gvar_src": {}, "host": {}},
                 )
                 merged["groups"].append(gname)
-                merged["roles"].extend(groles)
+                for r in groles:
+                    merged["roles"].setdefault(r, f"{gkey}.roles")
                 for k, v in gvars.items():
                     if k in merged["gvars"] and merged["gvars"][k] != v:
                         raise self.err(
@@ -199,9 +246,11 @@ class _Loader:
             hkey = f"groups.{merged['groups'][0]}.hosts.{hname}"
             entry = merged["host"]
             hvars = self.vars(entry.get("vars"), f"{hkey}.vars")
-            role_names = list(top_roles + merged["roles"])
-            ordered = tuple(r for r in self.roles if r in role_names)
-            values: dict[str, Any] = dict(CORE_VARS)
+            sources = dict.fromkeys(top_roles, top_source)
+            for r, src in merged["roles"].items():
+                sources.setdefault(r, src)
+            ordered = tuple(r for r in self.roles if r in sources)
+            values: dict[str, Any] = {n: v.default for n, v in core_variables().items()}
             for role in ordered:
                 values.update(self.roles[role].defaults)
             values.update(top_vars)
@@ -216,8 +265,19 @@ class _Loader:
             user = entry.get("user", values["ssh_user"])
             if not isinstance(user, str) or not user:
                 raise self.err(f"{hkey}.user", "expected a user name")
+            self.required(hkey, ordered, values)
+            self.host_keys[hname] = hkey
             hosts_out.append(
-                Host(hname, address, port, user, tuple(merged["groups"]), ordered, values)
+                Host(
+                    hname,
+                    address,
+                    port,
+                    user,
+                    tuple(merged["groups"]),
+                    ordered,
+                    values,
+                    {r: sources[r] for r in ordered},
+                )
             )
         lab = top.get("lab")
         return Inventory(
@@ -248,7 +308,9 @@ class _Loader:
             raise self.err(key, "expected a list of role names")
         for r in value:
             if r not in self.roles:
-                raise self.err(key, f"unknown role '{r}'{_hint(r, self.roles)}")
+                raise self.err(
+                    key, f"unknown role '{r}'{did_you_mean(r, self.roles)}; {where_roles_are()}"
+                )
         return list(value)
 
     def vars(self, value: Any, key: str) -> dict[str, Any]:
@@ -256,9 +318,56 @@ class _Loader:
         out = {}
         for k, v in raw.items():
             if k not in self.declared:
-                raise self.err(f"{key}.{k}", f"unknown variable{_hint(k, self.declared)}")
-            out[k] = self.resolve(v, f"{key}.{k}")
+                raise self.err(f"{key}.{k}", self.unknown_variable(k))
+            resolved = self.resolve(v, f"{key}.{k}")
+            var = self.declared[k]
+            if var.spec.required and is_unset(resolved):
+                raise self.err(f"{key}.{k}", required_problem(var))
+            try:
+                check(var.spec, resolved)
+            except Invalid as exc:
+                raise self.err(f"{key}.{k}{exc.at}", exc.message) from None
+            out[k] = resolved
         return out
+
+    def unknown_variable(self, name: str) -> str:
+        """Why `name` is refused: the declared variable it is close to (and who declares it),
+        or the role its prefix names that does not exist; and how variables are declared."""
+        how = (
+            "a variable is declared by opskit (opskit/core/defaults/) or by a role "
+            f"(roles/<role>/schema.yml; see {DOC_POINTER})"
+        )
+        close = difflib.get_close_matches(name, list(self.declared), n=1)
+        if close:
+            var = self.declared[close[0]]
+            whose = "opskit" if var.owner == "opskit" else f"role {var.owner}"
+            return (
+                f"unknown variable (did you mean '{close[0]}'?): {whose} declares that one "
+                f"in {var.source}; {how}"
+            )
+        owners = {
+            v.owner if v.owner != "opskit" else n.split("_", 1)[0] for n, v in self.declared.items()
+        }
+        owners.update(self.roles)
+        if not any(name.startswith(f"{o}_") for o in owners):
+            prefix = name.split("_", 1)[0]
+            return f"unknown variable: no role '{prefix}' is known ({where_roles_are()}); {how}"
+        return f"unknown variable; {how}"
+
+    def required(self, hkey: str, roles: Sequence[str], values: Mapping[str, Any]) -> None:
+        """Every variable a role of the host requires is set (neither null nor "")."""
+        for role in roles:
+            problem = missing_required(self.roles[role], values)
+            if problem is not None:
+                raise self.err(hkey, problem)
+
+    def build(self, host: Host) -> None:
+        """Build the host's role resources: the roles' own checks, handler references."""
+        try:
+            build_resources(self.roles, host.roles, host.vars)
+        except ConfigError as exc:
+            msg = redact(str(exc), host.secrets)
+            raise self.err(self.host_keys.get(host.name, host.name), msg) from None
 
     def resolve(self, value: Any, key: str) -> Any:
         if isinstance(value, dict) and set(value) == {"secret"}:
@@ -304,14 +413,15 @@ def _check_name(loader: _Loader, key: str, name: str) -> None:
         raise loader.err(key, "names are letters, digits, '-' and '_'")
 
 
-def _hint(word: str, choices: Iterable[str]) -> str:
-    """A "did you mean" suffix, or ''.
+def describe_roles(host: Host) -> str:
+    """The host's roles and where each came from (for `inv provision --check`).
 
-    >>> _hint("base_timezon", ["base_timezone", "base_packages"])
-    " (did you mean 'base_timezone'?)"
+    >>> h = Host("w1", "10.0.0.1", 22, "root", ("web",), ("base", "app"), {},
+    ...          {"base": IMPLICIT, "app": "groups.web.roles"})
+    >>> describe_roles(h)
+    'base (default: the inventory sets no top-level roles), app (groups.web.roles)'
     """
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return ", ".join(f"{r} ({host.role_sources.get(r, '?')})" for r in host.roles)
 
 
 def host_vars_for_display(host: Host) -> Mapping[str, Any]:

@@ -15,10 +15,7 @@ from opskit.core.resource import (
     q,
     unified_diff,
 )
-from opskit.resources.cron import (
-    CronEntry,
-    validate_cron_schedule,
-)
+from opskit.resources.cron import CronEntry
 from opskit.resources.files import (
     Absent,
     Directory,
@@ -63,5 +60,4 @@ __all__ = [
     "parse_stat",
     "q",
     "unified_diff",
-    "validate_cron_schedule",
 ]

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from opskit.app import spec as app_spec
-from opskit.backup.schedule import allowed_age, max_gap
+from opskit.backup.schedule import allowed_age
 from opskit.backup.spec import config_for
 from opskit.certs import spec as certs_spec
 from opskit.checks.levels import Pair
 from opskit.checks.thresholds import checked_pair, number
+from opskit.core.cron import max_gap
 from opskit.core.errors import ConfigError
 from opskit.core.inventory import Host
 

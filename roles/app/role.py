@@ -32,17 +32,8 @@ def _env(v: Mapping[str, Any], layout: AppLayout) -> dict[str, str]:
     }
     if v["app_sentry_dsn"]:
         env["SENTRY_DSN"] = v["app_sentry_dsn"]
-    extra = v["app_env"] or {}
-    if not isinstance(extra, dict):
-        raise ConfigError("app_env: expected a mapping of NAME: value")
-    for name, value in extra.items():
-        if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise ConfigError(f"app_env: {name!r} is not an environment variable name")
-        if isinstance(value, dict):
-            raise ConfigError(
-                f"app_env.{name}: a value must be a string or number; for a secret, "
-                "reference it from a top-level variable (e.g. app_sentry_dsn: {secret: NAME})"
-            )
+    # Names and values are checked at load (roles/app/schema.yml); a value may be a Secret.
+    for name, value in (v["app_env"] or {}).items():
         if name == "SENTRY_RELEASE":
             raise ConfigError("app_env.SENTRY_RELEASE: set by opskit from the current release")
         env[name] = value if isinstance(value, Secret) else str(value)
@@ -52,18 +43,6 @@ def _env(v: Mapping[str, Any], layout: AppLayout) -> dict[str, str]:
 def resources(v: Mapping[str, Any]) -> list[Resource]:
     """The desired state of roles/app/README.md for one host's variables."""
     lo = AppLayout.from_vars(v)
-    if v["app_exec_mode"] not in ("cluster", "fork"):
-        raise ConfigError("app_exec_mode: cluster or fork")
-    if v["app_instances"] != "max" and (
-        isinstance(v["app_instances"], bool)
-        or not isinstance(v["app_instances"], int)
-        or v["app_instances"] < 1
-    ):
-        raise ConfigError(f"app_instances: a number >= 1 or 'max', got {v['app_instances']!r}")
-    if int(v["app_keep_releases"]) < 2:
-        raise ConfigError("app_keep_releases: keep at least 2 (else nothing to roll back to)")
-    if v["app_log_rotate"] not in ("daily", "weekly", "monthly"):
-        raise ConfigError("app_log_rotate: daily, weekly or monthly")
     version = str(v["app_pm2_version"])
     unit = f"/etc/systemd/system/{lo.pm2_service}.service"
     ecosystem = lo.ecosystem

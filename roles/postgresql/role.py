@@ -6,7 +6,6 @@
 import base64
 import hashlib
 import hmac
-import ipaddress
 import os
 import re
 import shlex
@@ -15,13 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opskit.core.errors import ConfigError
 from opskit.core.secrets import Secret
 from opskit.resources import NOTHING, Packages, Plan, Resource, Service, Template
 
 q = shlex.quote
-_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_SETTING = re.compile(r"[a-z_][a-z0-9_.]*")
 DOWN = "@down"  # a probe's answer when the server does not answer
 SCRAM_ITERATIONS = 4096
 
@@ -285,39 +281,6 @@ class PgExtension(Resource):
 # --- the role -------------------------------------------------------------------------------
 
 
-def _check(v: Mapping[str, Any]) -> None:
-    for key in ("postgresql_app_database", "postgresql_app_user", "postgresql_cluster"):
-        if not isinstance(v[key], str) or not _NAME.fullmatch(v[key]):
-            raise ConfigError(f"{key}: {v[key]!r}: lowercase letters, digits and '_' (max 63)")
-    if v["postgresql_version"] not in (13, 14, 15, 16, 17):
-        raise ConfigError(f"postgresql_version: {v['postgresql_version']!r}: 13-17")
-    max_conn = v["postgresql_max_connections"]
-    if isinstance(max_conn, bool) or not isinstance(max_conn, int) or not 1 <= max_conn <= 10000:
-        raise ConfigError(f"postgresql_max_connections: {max_conn!r}: a number 1-10000")
-    if v["postgresql_pg_stat_statements_track"] not in ("top", "all", "none"):
-        raise ConfigError("postgresql_pg_stat_statements_track: top, all or none")
-    settings = v["postgresql_settings"]
-    if not isinstance(settings, dict):
-        raise ConfigError("postgresql_settings: expected a mapping of setting: value")
-    for name in settings:
-        if not isinstance(name, str) or not _SETTING.fullmatch(name):
-            raise ConfigError(f"postgresql_settings: {name!r} is not a setting name")
-    networks = v["postgresql_app_networks"]
-    if not isinstance(networks, list):
-        raise ConfigError("postgresql_app_networks: expected a list of CIDR networks")
-    for net in networks:
-        try:
-            ipaddress.ip_network(str(net), strict=False)
-        except ValueError:
-            raise ConfigError(f"postgresql_app_networks: {net!r} is not a network") from None
-    password = v["postgresql_app_password"]
-    if password is not None and (not isinstance(password, str) or not password):
-        raise ConfigError("postgresql_app_password: a non-empty secret ({secret: NAME}) or null")
-    for ext in v["postgresql_extensions"]:
-        if not isinstance(ext, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]*", ext):
-            raise ConfigError(f"postgresql_extensions: {ext!r} is not an extension name")
-
-
 def conf_settings(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(name, value) lines of conf.d/opskit.conf, values quoted for postgresql.conf."""
     base: dict[str, Any] = {
@@ -332,8 +295,8 @@ def conf_settings(v: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def resources(v: Mapping[str, Any]) -> list[Resource]:
-    """The desired state of roles/postgresql/README.md for one host's variables."""
-    _check(v)
+    """The desired state of roles/postgresql/README.md for one host's variables (checked at
+    load against roles/postgresql/schema.yml)."""
     ver, cluster = v["postgresql_version"], v["postgresql_cluster"]
     etc = f"/etc/postgresql/{ver}/{cluster}"
     data = f"/var/lib/postgresql/{ver}/{cluster}"

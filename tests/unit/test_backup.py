@@ -16,7 +16,6 @@ from moto.server import ThreadedMotoServer
 
 from opskit.backup import listing, spec
 from opskit.backup.resources import store_for
-from opskit.backup.schedule import max_gap
 from opskit.clients import ApiError
 from opskit.clients.s3 import (
     LIFECYCLE_RULE_ID,
@@ -25,8 +24,9 @@ from opskit.clients.s3 import (
     S3Store,
     make_client,
 )
+from opskit.core.cron import max_gap
 from opskit.core.errors import ConfigError
-from opskit.core.roles import available_roles
+from opskit.core.roles import available_roles, check_host_vars
 from opskit.core.secrets import Secret
 from opskit.hostside import backup as program
 from opskit.resources import File
@@ -77,8 +77,10 @@ def test_database_and_owner_come_from_the_postgresql_role():
     ],
 )
 def test_bad_variables_name_the_variable(extra, message):
+    v = host_vars(**extra)
     with pytest.raises(ConfigError, match=message) as info:
-        role().resources(host_vars(**extra))
+        check_host_vars(available_roles(), ["backup"], v)  # as the inventory's load does
+        role().resources(v)
     assert "not a url" not in str(info.value)  # a bad secret URL is never echoed
 
 

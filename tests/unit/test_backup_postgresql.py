@@ -6,7 +6,7 @@ import pytest
 
 from opskit.core.engine import probe_script, split_sections
 from opskit.core.errors import ConfigError
-from opskit.core.roles import available_roles
+from opskit.core.roles import available_roles, check_host_vars
 from opskit.core.secrets import Secret
 from tests.fakes import LocalRemote
 
@@ -107,8 +107,10 @@ def test_app_networks_in_pg_hba():
     ],
 )
 def test_bad_variables_are_refused(extra, message):
+    v = variables(**extra)
     with pytest.raises(ConfigError, match=message):
-        pg().resources(variables(**extra))
+        check_host_vars(available_roles(), ["postgresql"], v)  # as the inventory's load does
+        pg().resources(v)
 
 
 def test_probes_are_read_only_and_survive_a_missing_server(tmp_path):

@@ -17,7 +17,7 @@ from opskit.app import release
 from opskit.app.resources import Unpacked
 from opskit.core import artifacts
 from opskit.core.errors import ConfigError
-from opskit.core.roles import REPO, available_roles
+from opskit.core.roles import REPO, available_roles, check_host_vars
 from opskit.resources import NOTHING
 from tests.fakes import LocalRemote
 
@@ -530,6 +530,7 @@ def test_app_role_resources_and_checks():
         {"app_user": "root"},
     ):
         with pytest.raises(ConfigError):
+            check_host_vars(available_roles(), ["app"], _role_vars("app", **bad))  # at load
             app.resources(_role_vars("app", **bad))
 
 
@@ -572,4 +573,5 @@ def test_nginx_site(tmp_path):
         {"nginx_proxy_read_timeout": "1h"},
     ):
         with pytest.raises(ConfigError):
+            check_host_vars(available_roles(), ["nginx"], _role_vars("nginx", **bad))  # at load
             ng.resources(_role_vars("nginx", **bad))

@@ -1,19 +1,45 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from opskit.core.errors import ConfigError
-from opskit.core.inventory import load_inventory
-from opskit.core.roles import Role
+from opskit.core.inventory import IMPLICIT, describe_roles, load_inventory
+from opskit.core.roles import Role, available_roles, build_resources, read_role
 from opskit.core.secrets import Secret, redact
 
-ROLES = {
-    "base": Role("base", {"base_timezone": "UTC", "base_packages": ["sudo"]}, Path("roles/base")),
-    "app": Role("app", {"app_port": 3000, "app_secret": ""}, Path("roles/app")),
+SCHEMAS = {
+    "base": """
+base_timezone: {type: timezone, default: UTC, doc: the zone}
+base_packages: {type: list of str, default: [sudo], doc: packages}
+""",
+    "app": """
+app_port: {type: port, default: 3000, doc: the port}
+app_secret: {type: any, default: "", doc: "anything (a secret too)"}
+""",
+    "vault": """
+vault_token: {type: str, secret: true, required: true, default: "", doc: the token}
+vault_mode: {choices: [sealed, open], default: sealed, doc: the mode}
+""",
 }
+ROLE_PY = "def resources(v):\n    return []\n"
+_ROOT = tempfile.TemporaryDirectory(prefix="opskit-test-roles-")
+
+
+def make_roles(root: Path, schemas: dict[str, str], role_py: str = ROLE_PY) -> dict[str, Role]:
+    out = {}
+    for name, schema in schemas.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "schema.yml").write_text(schema)
+        (root / name / "role.py").write_text(role_py)
+        out[name] = read_role(root / name)
+    return out
+
+
+ROLES = make_roles(Path(_ROOT.name), SCHEMAS)
 
 GOOD = """
 ssh: {known_hosts: known_hosts}
@@ -88,7 +114,10 @@ def test_select_unknown_names_choices(tmp_path):
         (
             "ssh: {known_hosts: k}\nvars: {base_timezon: UTC}\n"
             "groups: {web: {hosts: {w1: {address: x}}}}",
-            r"vars.base_timezon: unknown variable \(did you mean 'base_timezone'\?\)",
+            r"vars.base_timezon: unknown variable \(did you mean 'base_timezone'\?\): role base "
+            r"declares that one in .*/base/schema.yml; a variable is declared by opskit "
+            r"\(opskit/core/defaults/\) or by a role \(roles/<role>/schema.yml; see "
+            r"docs/writing-a-role.md\)",
         ),
         (
             "ssh: {known_hosts: k}\ngroups: {web: {roles: [bsae], hosts: {w1: {address: x}}}}",
@@ -165,20 +194,31 @@ def test_malformed_secrets_line_does_not_echo_it(tmp_path):
 
 
 class _AnySecret(dict):
-    """An environment in which every secret the inventories name is set (to "x")."""
+    """An environment in which every secret the inventories name is set (URLs to a URL)."""
 
     def __contains__(self, key: object) -> bool:
         return True
 
     def __getitem__(self, key: str) -> str:
-        return "x"
+        return "https://hooks.example/x" if key.endswith(("URL", "DSN")) else "x"
 
 
-def test_real_inventories_load():
+def test_real_inventories_load(tmp_path):
+    """Both inventories validate, and every host's resources build with handler references
+    that resolve (the CA files they name exist only on a lab machine: a stand-in here)."""
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    roles = available_roles()
     for name in ("lab.yml", "production.example.yml"):
         path = Path(__file__).parents[2] / "inventories" / name
-        inv = load_inventory(path, environ=_AnySecret())
+        inv = load_inventory(path, environ=_AnySecret(), build=False)
         assert inv.hosts
+        for host in inv.hosts:
+            v = dict(host.vars)
+            for key in ("certbot_acme_ca_file", "papertrail_ca_file"):
+                if v.get(key):
+                    v[key] = str(pem)
+            assert build_resources(roles, host.roles, v), host.name
 
 
 def test_secret_inside_a_mapping_is_resolved_and_redacted(tmp_path):
@@ -192,3 +232,144 @@ def test_secret_inside_a_mapping_is_resolved_and_redacted(tmp_path):
     assert host.secrets == ("hunter2",)
     with pytest.raises(ConfigError, match=r"vars.app_secret.TOKEN: secret APP_SECRET is not set"):
         load(tmp_path, text, environ={})
+
+
+# --- the schema, checked at load --------------------------------------------------------------
+
+ONE_HOST = "ssh: {known_hosts: k}\n%s\ngroups: {web: {roles: [%s], hosts: {w1: {address: x%s}}}}"
+
+
+def one_host(top: str = "", roles: str = "app", host: str = "") -> str:
+    return ONE_HOST % (top, roles, host)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            one_host(host=", vars: {app_port: abc}"),
+            r"groups.web.hosts.w1.vars.app_port: expected a TCP port number 1-65535, got 'abc'$",
+        ),
+        (one_host("vars: {app_port: true}"), r"vars.app_port: expected a TCP port .*, got True"),
+        (
+            one_host("vars: {base_timezone: Europe/Berln}"),
+            r"vars.base_timezone: unknown time zone 'Europe/Berln' \(did you mean "
+            r"'Europe/Berlin'\?\)",
+        ),
+        (
+            one_host("vars: {base_packages: [sudo, 3]}"),
+            r"vars.base_packages\[1\]: expected text, got 3",
+        ),
+        (
+            one_host("vars: {vault_mode: seald}", roles="vault"),
+            r"vars.vault_mode: expected one of sealed, open, got 'seald' "
+            r"\(did you mean 'sealed'\?\)",
+        ),
+        (
+            one_host("vars: {vault_token: plain-t0ken}", roles="vault"),
+            r"vars.vault_token: must be a secret reference \{secret: NAME\}",
+        ),
+        (
+            one_host(roles="vault"),
+            r"groups.web.hosts.w1: vault_token: required by role vault \(the token\); "
+            r"set it as \{secret: NAME\} in the inventory",
+        ),
+        (
+            one_host("vars: {vault_token: ''}", roles="vault"),
+            r"vars.vault_token: required by role vault",
+        ),
+        (
+            one_host("vars: {vaultt_token: x}", roles="vault"),
+            r"unknown variable \(did you mean 'vault_token'\?\): role vault declares",
+        ),
+        (
+            one_host("vars: {mine_colour: blue}"),
+            r"vars.mine_colour: unknown variable: no role 'mine' is known \(roles are the "
+            r"folders with a role.py in: .*OPSKIT_ROLES_PATH",
+        ),
+        (
+            one_host(roles="nope"),
+            r"groups.web.roles: unknown role 'nope'; roles are the folders with a role.py in: "
+            r".*/roles.* \(\$OPSKIT_ROLES_PATH",
+        ),
+    ],
+)
+def test_values_are_checked_against_the_schema_at_load(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load(tmp_path, text, environ={})
+    assert str(info.value).startswith(f"{tmp_path / 'inv.yml'}: ")
+    assert "plain-t0ken" not in str(info.value)
+
+
+def test_a_required_secret_is_accepted_and_masked(tmp_path):
+    host = load(
+        tmp_path,
+        one_host("vars: {vault_token: {secret: VAULT_TOKEN}}", roles="vault"),
+        environ={"VAULT_TOKEN": "t0ken"},
+    ).hosts[0]
+    assert isinstance(host.vars["vault_token"], Secret) and host.vars["vault_mode"] == "sealed"
+
+
+def test_roles_say_where_they_came_from(tmp_path):
+    implicit = load(tmp_path, one_host()).hosts[0]
+    assert implicit.roles == ("base", "app")
+    assert implicit.role_sources == {"base": IMPLICIT, "app": "groups.web.roles"}
+    assert describe_roles(implicit) == (
+        "base (default: the inventory sets no top-level roles), app (groups.web.roles)"
+    )
+    explicit = load(tmp_path, one_host("roles: [base]")).hosts[0]
+    assert explicit.role_sources == {"base": "roles", "app": "groups.web.roles"}
+    none = load(tmp_path, one_host("roles: []")).hosts[0]
+    assert none.roles == ("app",)
+    with pytest.raises(ConfigError, match=r"roles: not set, so every host gets base, which is no"):
+        load_inventory(write(tmp_path, one_host()), roles={"app": ROLES["app"]})
+
+
+HANDLER_ROLE = """
+from opskit.resources import File, Service, Template
+
+def resources(v):
+    return [File("/etc/demo.conf", "x"), Service("demo", reload_on=(v["demo_watch"],))]
+"""
+
+
+@pytest.mark.parametrize(
+    ("watch", "message"),
+    [
+        (
+            "file:/etc/demo.con",
+            r"w1: role demo: service:demo reload_on names 'file:/etc/demo.con',"
+            r" which is no resource of this host \(did you mean 'file:/etc/demo.conf'\?\)",
+        ),
+        ("tpl", r"w1: role demo: templates/demo/none.j2: template not found"),
+        ("boom", r"w1: role demo: demo_watch: boom"),
+        (
+            "key",
+            r"w1: role demo: reads variable 'demo_missing', which none of the host's roles "
+            r"declares \(declare it in roles/demo/schema.yml\)",
+        ),
+    ],
+)
+def test_resources_are_built_at_load_with_their_handler_references(tmp_path, watch, message):
+    role_py = HANDLER_ROLE.replace(
+        "def resources(v):",
+        "from opskit.core.errors import ConfigError\n\ndef resources(v):\n"
+        "    if v['demo_watch'] == 'boom':\n"
+        "        raise ConfigError('demo_watch: boom')\n"
+        "    if v['demo_watch'] == 'key':\n"
+        "        v['demo_missing']\n"
+        "    if v['demo_watch'] == 'tpl':\n"
+        "        Template('/etc/demo.conf', 'demo/none.j2', v)",
+    )
+    roles = make_roles(
+        tmp_path / "roles",
+        {"demo": "demo_watch: {type: str, default: 'file:/etc/demo.conf', doc: watched}\n"},
+        role_py,
+    )
+    text = one_host(f"roles: []\nvars: {{demo_watch: '{watch}'}}", roles="demo")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message):
+        load_inventory(path, roles=roles)
+    assert load_inventory(path, roles=roles, build=False).hosts[0].roles == ("demo",)
+    good = write(tmp_path, one_host("roles: []", roles="demo"), "good.yml")
+    assert load_inventory(good, roles=roles).hosts[0].vars["demo_watch"] == "file:/etc/demo.conf"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from opskit.core.errors import ConfigError
-from opskit.core.roles import available_roles
+from opskit.core.roles import available_roles, check_host_vars
 from opskit.core.secrets import Secret
 from opskit.hostside import healthcheck as hc
 from opskit.monitoring.spec import SCRIPT, WEBHOOK_FILE
@@ -75,17 +75,23 @@ def test_a_host_without_the_app_checks_only_what_it_has():
 def test_thresholds_are_checked():
     with pytest.raises(ConfigError, match="healthcheck_disk_warning \\(95\\) is above"):
         role("healthcheck").build_config(hc_vars(healthcheck_disk_warning=95))
-    with pytest.raises(ConfigError, match="healthcheck_memory_critical: a percentage"):
-        role("healthcheck").build_config(hc_vars(healthcheck_memory_critical=120))
+    # Refused at load (roles/healthcheck/schema.yml), as check_host_vars does here:
+    with pytest.raises(ConfigError, match="healthcheck_memory_critical: expected a number 0-100"):
+        check_host_vars(
+            available_roles(), ["healthcheck"], hc_vars(healthcheck_memory_critical=120)
+        )
     with pytest.raises(ConfigError, match="healthcheck_checks"):
-        role("healthcheck").build_config(hc_vars(healthcheck_checks=["http", "dsk"]))
+        check_host_vars(available_roles(), ["healthcheck"], hc_vars(healthcheck_checks=["dsk"]))
 
 
 def test_webhook_must_be_a_secret_and_goes_only_to_a_0600_file():
-    with pytest.raises(ConfigError, match="healthcheck_slack_webhook_url is required"):
-        role("healthcheck").resources(hc_vars(healthcheck_slack_webhook_url=""))
+    with pytest.raises(ConfigError, match="healthcheck_slack_webhook_url: required"):
+        check_host_vars(
+            available_roles(), ["healthcheck"], hc_vars(healthcheck_slack_webhook_url="")
+        )
     with pytest.raises(ConfigError, match="must be a secret reference") as info:
-        role("healthcheck").resources(hc_vars(healthcheck_slack_webhook_url=str(HOOK)))
+        plain = hc_vars(healthcheck_slack_webhook_url=str(HOOK))
+        check_host_vars(available_roles(), ["healthcheck"], plain)
     assert "verysecret" not in str(info.value)
     resources = role("healthcheck").resources(hc_vars())
     files = {r.path: r for r in resources if isinstance(r, File)}
@@ -366,7 +372,7 @@ def test_papertrail_without_ca_file_uses_the_system_store(tmp_path):
     ("over", "message"),
     [
         ({"papertrail_host": ""}, "papertrail_host: required"),
-        ({"papertrail_port": 0}, "papertrail_port: required"),
+        ({"papertrail_port": None}, "papertrail_port: required"),
         ({"papertrail_ca_file": "/nonexistent/ca.pem"}, "papertrail_ca_file: cannot read"),
         ({"papertrail_app_logs": [{"path": "relative.log", "tag": "x"}]}, "an absolute path"),
         ({"papertrail_system_logs": False}, "nothing to forward"),
@@ -374,4 +380,5 @@ def test_papertrail_without_ca_file_uses_the_system_store(tmp_path):
 )
 def test_papertrail_bad_input(tmp_path, over, message):
     with pytest.raises(ConfigError, match=message):
+        check_host_vars(available_roles(), ["papertrail"], pt_vars(tmp_path, **over))  # at load
         role("papertrail").resources(pt_vars(tmp_path, **over))

@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from opskit.core.cron import validate_cron_schedule
 from opskit.core.engine import ConvergeError, converge, split_sections
 from opskit.core.errors import ConfigError
 from opskit.core.secrets import Secret
@@ -18,7 +19,6 @@ from opskit.resources import (
     Line,
     Service,
     Symlink,
-    validate_cron_schedule,
 )
 from tests.fakes import LocalRemote, make_host
 
@@ -88,6 +88,30 @@ def test_cron_entry_name_and_file():
     assert entry.content.endswith("0 */6 * * * postgres /usr/local/bin/backup\n")
     with pytest.raises(ConfigError, match="cron skips"):
         CronEntry("backup.db", "@daily", "x")
+
+
+def test_cron_entry_writes_an_exact_file():
+    """Without its header the file is exactly the env lines and the entry (what another tool
+    writes, byte for byte); a header of one's own is allowed, a non-comment one is not."""
+    exact = CronEntry("x", "*/5 * * * *", "/bin/job --quiet", env={"MAILTO": ""}, header=None)
+    assert exact.content == "MAILTO=\n*/5 * * * * root /bin/job --quiet\n"
+    own = CronEntry("x", "@daily", "job", header="# Ansible: x")
+    assert own.content == "# Ansible: x\n@daily root job\n"
+    assert CronEntry("x", "@daily", "job").content.startswith("# Managed by opskit;")
+    with pytest.raises(ConfigError, match="one '#' comment line"):
+        CronEntry("x", "@daily", "job", header="not a comment")
+    with pytest.raises(ConfigError, match="invalid environment line"):
+        CronEntry("x", "@daily", "job", env={"A B": "1"})
+
+
+def test_cron_entry_converges_exactly(tmp_path):
+    """The exact file converges with the engine (real shell, here) and is then a no-op."""
+    entry = CronEntry("x", "@hourly", "job", header=None)
+    target = File(str(tmp_path / "x"), entry.content, mode=entry.mode)
+    remote = LocalRemote()
+    assert [c.changed for c in converge(remote, [target])] == [True]
+    assert (tmp_path / "x").read_text() == "@hourly root job\n"
+    assert [c.changed for c in converge(remote, [target])] == [False]
 
 
 def test_command_needs_a_guard():
