@@ -369,7 +369,8 @@ def test_15_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, db):
         group["vars"]["backup_schedule"] = "0 */6 * *"
 
     proc = run_inv("provision", "-i", str(write_inventory(tmp_path, bad)), "--hosts", db.name)
-    assert proc.returncode == 1 and "backup_schedule" in proc.stdout + proc.stderr
+    # Checked at load, before any host is contacted: exit 2, the variable named, nothing run.
+    assert proc.returncode == 2 and "backup_schedule" in proc.stderr and proc.stdout == ""
     again = run_inv("backup.run", "-i", str(write_inventory(tmp_path, bad, "b.yml")))
     assert again.returncode == 2 and "backup_schedule" in again.stderr
     other = next(h for h in load_inventory(LAB_INVENTORY).hosts if "backup" not in h.roles)

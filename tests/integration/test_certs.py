@@ -368,7 +368,8 @@ def test_11_bad_input_is_refused_before_any_host_is_touched(lab_spec, lab_invent
 
     bad = write_inventory(tmp_path, wildcard, "wild.yml")
     out = run(bad, "provision", "--roles", ",".join(ROLES), "--hosts", h.name)
-    assert out.returncode == 1 and "certbot_certificates[0].domains: '*.lab.test'" in out.stdout
+    # Refused at load, before any host is contacted.
+    assert out.returncode == 2 and "certbot_certificates[0].domains: '*.lab.test'" in out.stderr
     status = run(bad, "certs.status", "--hosts", h.name)
     assert status.returncode == 2 and "wildcards need a DNS-01 challenge" in status.stderr
     missing = run(lab_inventory.path, "certs.renew", "--cert", "nope.example", "--hosts", h.name)

@@ -176,8 +176,8 @@ def test_01_missing_webhook_secret_is_a_clear_error_that_changes_nothing(mon, tm
         name="plain.yml",
     )
     done = inv("provision", "-i", str(plain), "--roles", "healthcheck", "--hosts", web[0])
-    assert done.returncode == 1
-    assert "must be a secret reference" in done.stdout + done.stderr
+    assert done.returncode == 2  # refused at load (roles/healthcheck/schema.yml: secret)
+    assert "healthcheck_slack_webhook_url" in done.stderr and "secret" in done.stderr
     assert "s3cr3t" not in done.stdout + done.stderr
     assert exec_in(spec, web[0], ["sh", "-c", marks]).stdout == before[web[0]]
 
