@@ -9,6 +9,7 @@ from invoke.exceptions import Exit
 from cli import common as cli
 from cli.common import H, task
 from opskit.core.errors import ExitStatus, OpsError
+from opskit.core.inventory import describe_roles
 from opskit.core.runner import check_role_names, provision_work, run_on_hosts
 
 
@@ -47,6 +48,9 @@ def provision(
     if not json:
         mode = "checking (no changes)" if check else "converging"
         print(f"{mode} {len(selected)} host(s) of {inv.path.name}, {workers} at a time")
+        if check or verbose:  # where each host's roles come from (the implicit base role too)
+            for h in selected:
+                print(f"  {h.name}: roles {describe_roles(h)}")
     emit = cli.printer(json_out=json, show_diff=diff or check, verbose=verbose)
     results = run_on_hosts(
         inv,
