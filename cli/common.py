@@ -99,6 +99,8 @@ def finish(
         sys.stdout.write(to_json(results, dry_run=dry_run))
     else:
         sys.stdout.write(summary(results, dry_run=dry_run))
+    if any(r.refused for r in results):  # bad input for a host (unsupported release): untouched
+        raise Exit(code=ExitStatus.USAGE)
     if any(r.error for r in results):
         raise Exit(code=ExitStatus.HOST_FAILED)
     if detailed_exitcode and any(r.changed_count for r in results):

@@ -4,8 +4,9 @@ Roles adapt to the release they find (PostgreSQL 15 on Debian 12, 17 on Debian 1
 follow from it), so a host's resources depend on its release before the host is probed. The
 release is therefore remembered on the operator's machine per host (`FactsCache`, under the
 opskit cache dir) and re-read in the same single probe command as everything else: while it is
-what was remembered, nothing more is sent. Only a host never seen before (or whose release
-changed: an upgrade) costs one more command. A release opskit does not support stops the host
+what was remembered, nothing more is sent. A host seen for the first time is taken to be
+Debian 12 until its probe says otherwise; only when that guess is wrong (or the release changed:
+an upgrade) does the run cost one more probe. A release opskit does not support stops the host
 before anything is changed on it.
 """
 
@@ -51,6 +52,10 @@ class Facts:
         """The facts as variables a role reads: os_id, os_version (int), os_codename."""
         version = int(self.os_version) if self.os_version.isdigit() else self.os_version
         return {"os_id": self.os_id, "os_version": version, "os_codename": self.os_codename}
+
+
+# What a host never seen before is taken to be until its first probe says otherwise.
+GUESS = Facts("debian", "12", "bookworm")
 
 
 def parse(output: str) -> Facts | None:

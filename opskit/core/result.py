@@ -43,6 +43,7 @@ class HostResult:
     commands: int = 0  # remote commands sent to this host during the run
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    refused: bool = False  # bad input for this host (e.g. an unsupported release): untouched
 
     @property
     def failed(self) -> bool:

@@ -9,8 +9,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from opskit.core.engine import ConvergeError, converge
+from opskit.core.artifacts import cache_dir
+from opskit.core.engine import ConvergeError, FactsChanged, converge
 from opskit.core.errors import ConfigError, ConnectError, OpsError
+from opskit.core.facts import GUESS, Facts, FactsCache, check_supported, release_vars
 from opskit.core.inventory import Host, Inventory
 from opskit.core.remote import Remote, connect
 from opskit.core.resource import Resource
@@ -79,6 +81,14 @@ def run_on_hosts(
             result = HostResult(
                 host.name, error=str(exc), unreachable=True, seconds=time.monotonic() - started
             )
+        except ConfigError as exc:  # refused before anything was changed on this host
+            result = HostResult(
+                host.name,
+                error=redact(str(exc), host.secrets),
+                commands=remote.commands if remote else 0,
+                seconds=time.monotonic() - started,
+                refused=True,
+            )
         except ConvergeError as exc:
             result = HostResult(
                 host.name,
@@ -119,13 +129,18 @@ def run_on_hosts(
     return results
 
 
-def role_resources(host: Host, roles: Sequence[str]) -> list[Resource]:
-    """The resources of `roles` for `host`, in converge order (pure, local)."""
+def role_resources(host: Host, roles: Sequence[str], facts: Facts | None = None) -> list[Resource]:
+    """The resources of `roles` for `host` (with its release's facts), in converge order."""
     known = available_roles()
+    v = {**host.vars, **release_vars(facts)}
     resources: list[Resource] = []
     for name in roles:
-        resources.extend(known[name].module().resources(host.vars))
+        resources.extend(known[name].module().resources(v))
     return resources
+
+
+def facts_cache() -> FactsCache:
+    return FactsCache(cache_dir() / "facts")
 
 
 def roles_for(host: Host, only: Sequence[str] | None) -> list[str]:
@@ -145,9 +160,27 @@ def provision_work(only: Sequence[str] | None) -> Callable[[Remote, RunContext],
     """The work of `inv provision`: converge the host's roles, then run the roles' checks."""
 
     def work(remote: Remote, ctx: RunContext) -> list[Change]:
-        names = roles_for(remote.host, only)
-        resources = role_resources(remote.host, names)
-        changes = converge(remote, resources, dry_run=ctx.dry_run)
+        h = remote.host
+        names = roles_for(h, only)
+        # The release the resources are built for: remembered from the last run, else a guess
+        # (Debian 12). The converge's one probe re-reads it; a wrong guess costs one more probe.
+        cache = facts_cache()
+        remembered = cache.get(h.name, h.address, h.port)
+        facts = remembered or GUESS
+        try:
+            changes = converge(
+                remote, role_resources(h, names, facts), dry_run=ctx.dry_run, facts=facts
+            )
+        except FactsChanged as exc:  # first contact with another release, or an upgrade
+            if exc.facts is None:
+                raise OpsError(f"{h.name}: cannot read /etc/os-release") from None
+            facts = check_supported(h.name, exc.facts)
+            cache.put(h.name, h.address, h.port, facts)
+            changes = converge(
+                remote, role_resources(h, names, facts), dry_run=ctx.dry_run, facts=facts
+            )
+        if facts != remembered:
+            cache.put(h.name, h.address, h.port, facts)
         known = available_roles()
         for name in names:
             after = getattr(known[name].module(), "after_converge", None)
