@@ -294,10 +294,27 @@ def conf_settings(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(k, conf_value(val)) for k, val in base.items()]
 
 
+# The PostgreSQL major version each supported Debian release ships (its `postgresql` package).
+RELEASE_VERSIONS = {12: 15, 13: 17}
+
+
+def cluster_version(v: Mapping[str, Any]) -> int:
+    """`postgresql_version`, else the one the host's release ships (os_version: the host's facts;
+    Debian 12 until they are known).
+
+    >>> cluster_version({"postgresql_version": None, "os_version": 13})
+    17
+    >>> cluster_version({"postgresql_version": 16, "os_version": 13})
+    16
+    """
+    chosen = v.get("postgresql_version")
+    return int(chosen) if chosen else RELEASE_VERSIONS[int(v.get("os_version") or 12)]
+
+
 def resources(v: Mapping[str, Any]) -> list[Resource]:
     """The desired state of roles/postgresql/README.md for one host's variables (checked at
     load against roles/postgresql/schema.yml)."""
-    ver, cluster = v["postgresql_version"], v["postgresql_cluster"]
+    ver, cluster = cluster_version(v), v["postgresql_cluster"]
     etc = f"/etc/postgresql/{ver}/{cluster}"
     data = f"/var/lib/postgresql/{ver}/{cluster}"
     conf = f"{etc}/conf.d/opskit.conf"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from opskit.core.facts import PROBE, parse, release_vars
 from opskit.core.inventory import load_inventory
 
 
@@ -42,6 +43,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="module")
 def hostvars(host: Any) -> dict[str, Any]:
-    """The inventory variables of the host under test."""
+    """The variables of the host under test as its roles see them: the inventory's, plus the
+    facts of its release (os_id, os_version, os_codename) read from the host itself."""
     inventory = load_inventory(os.environ["OPSKIT_INVENTORY"])
-    return dict(inventory.host(host.backend.get_hostname()).vars)
+    release = parse(host.check_output(PROBE) + "\n")  # the probe opskit sends itself
+    return {**inventory.host(host.backend.get_hostname()).vars, **release_vars(release)}

@@ -13,8 +13,13 @@ def psql(host, sql, database="postgres"):
     )
 
 
+def version(hostvars):
+    """The cluster's major version as the role chose it (from the host's release if unset)."""
+    return available_roles()["postgresql"].module().cluster_version(hostvars)
+
+
 def test_cluster_running_and_enabled(host, hostvars):
-    unit = f"postgresql@{hostvars['postgresql_version']}-{hostvars['postgresql_cluster']}"
+    unit = f"postgresql@{version(hostvars)}-{hostvars['postgresql_cluster']}"
     assert host.service(unit).is_running
     assert host.service("postgresql").is_enabled
     assert host.run("runuser -u postgres -- pg_isready -q").rc == 0
@@ -27,8 +32,7 @@ def test_settings_in_effect(host, hostvars):
     assert psql(host, "SELECT count(*) FROM pg_settings WHERE pending_restart") == "0"
     assert psql(host, "SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"
     conf = host.file(
-        f"/etc/postgresql/{hostvars['postgresql_version']}/{hostvars['postgresql_cluster']}"
-        "/conf.d/opskit.conf"
+        f"/etc/postgresql/{version(hostvars)}/{hostvars['postgresql_cluster']}/conf.d/opskit.conf"
     )
     assert conf.user == "postgres" and "Managed by opskit" in conf.content_string
 

@@ -81,3 +81,15 @@ def test_an_unsupported_release_is_refused_and_nothing_changes(setup):
     with pytest.raises(UnsupportedRelease, match=r"h1: debian 11 \(bullseye\) is not supported"):
         run(inventory, host)
     assert not (tmp_path / "release").exists()
+
+
+@pytest.mark.parametrize(
+    ("chosen", "os_version", "expected"),
+    [(None, 12, 15), (None, 13, 17), (None, None, 15), (16, 13, 16)],
+)
+def test_postgresql_follows_the_release_unless_chosen(chosen, os_version, expected):
+    from opskit.core.roles import available_roles
+
+    role = available_roles()["postgresql"].module()
+    v = {"postgresql_version": chosen, **({"os_version": os_version} if os_version else {})}
+    assert role.cluster_version(v) == expected
