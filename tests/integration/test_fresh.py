@@ -1,9 +1,10 @@
-"""A bare server as a provider hands it over, provisioned from nothing in ONE run.
+"""Bare servers as a provider hands them over, Debian 12 and 13, converged from nothing in ONE run.
 
 A lab of its own next to the default one (its own bridge, subnet, state and host names) whose
-hosts boot from the bare image: a minimal Debian (systemd, openssh-server, sudo, python3),
-none of the roles' packages. One web host and one db host get every role of their group; the
-packages come through the lab's apt proxy, as on a real server they come from its mirror.
+hosts boot from the bare images: a minimal Debian (systemd, openssh-server, sudo, python3),
+none of the roles' packages. A web host and a db host of each release get every role of their
+group; the packages come through the lab's apt proxy, as on a real server from its mirror.
+The roles adapt to the release they find (PostgreSQL 15 on Debian 12, 17 on Debian 13).
 
 What failed before the engine staged package installs: nginx's package ships
 sites-enabled/default after the probe said it was absent (`nginx -t`: duplicate default server),
@@ -35,8 +36,8 @@ TIMEOUT = 1800  # a first provision of a bare host installs PostgreSQL, nginx, N
 
 
 def bare_inventory(base: Path, target: Path) -> Path:
-    """The default lab's inventory as a lab of bare hosts: subnet +100, `-bare` paths, one web
-    host and one db host renamed with a `b` prefix, `lab.image: bare`."""
+    """The default lab's inventory as a lab of bare hosts: subnet +100, `-bare` paths, of the
+    web and the db group's first host two copies: `b<name>` on Debian 12, `t<name>` on 13."""
     spec = load_lab_spec(base)
     old = gateway_ip(spec).rsplit(".", 1)[0] + "."
     a, b, c = old.rstrip(".").split(".")
@@ -45,19 +46,22 @@ def bare_inventory(base: Path, target: Path) -> Path:
     text = text.replace(str(spec.state_dir), f"{spec.state_dir}-bare")
     text = re.sub(rf"\bbridge: {re.escape(spec.bridge)}\b", f"bridge: {spec.bridge[:12]}b", text)
     data = yaml.safe_load(text)
-    keep = {"web": None, "db": None}
+    releases: dict[str, str] = {}
     for group, entry in data["groups"].items():
         hosts = entry.get("hosts") or {}
-        if group in keep and hosts:
+        if group in ("web", "db") and hosts:
             name, host = next(iter(hosts.items()))
-            entry["hosts"] = {f"b{name}"[:32]: host}
+            address = host["address"]
+            twin = f"{address.rsplit('.', 1)[0]}.{int(address.rsplit('.', 1)[1]) + 100}"
+            entry["hosts"] = {f"b{name}"[:32]: host, f"t{name}"[:32]: {**host, "address": twin}}
+            releases[f"t{name}"[:32]] = "trixie"
         else:
             entry["hosts"] = {}
         vars_ = entry.get("vars") or {}
         if vars_.get("app_repo") == "..":
             vars_["app_repo"] = str(REPO)
     data["lab"]["image"] = "bare"
-    data["lab"].pop("hosts", None)
+    data["lab"]["hosts"] = {name: {"suite": suite} for name, suite in releases.items()}
     target.write_text(yaml.safe_dump(data, sort_keys=False))
     return target
 
@@ -96,8 +100,11 @@ def summaries(out: str) -> dict[str, tuple[int, int]]:
 
 def test_bare_hosts_have_none_of_the_roles_packages(bare_lab: Path) -> None:
     spec = load_lab_spec(bare_lab)
+    assert sorted(h.suite for h in spec.hosts) == ["bookworm", "bookworm", "trixie", "trixie"]
     for host in spec.hosts:
         assert host.image == "bare"
+        release = exec_in(spec, host.name, ["cat", "/etc/debian_version"]).stdout
+        assert release.startswith("12." if host.suite == "bookworm" else "13.")
         out = exec_in(spec, host.name, ["dpkg-query", "-W", "-f=${Package}\\n"]).stdout.split()
         assert not {"nginx", "postgresql", "certbot", "rsyslog", "fail2ban", "cron"} & set(out)
         assert {"openssh-server", "sudo", "python3", "systemd"} <= set(out)
@@ -110,8 +117,9 @@ def test_one_provision_makes_a_bare_server_right(bare_lab: Path) -> None:
     print(f"first provision of bare hosts: {took:.0f} s\n{first.stdout}", file=sys.stderr)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     rounds = summaries(first.stdout)
-    assert len(rounds) == 2 and all(changed > 0 for changed, _ in rounds.values())
-    # probe, install the packages, probe again, change (+ the base role's fresh-login check)
+    assert len(rounds) == 4 and all(changed > 0 for changed, _ in rounds.values())
+    # probe, install the packages, probe again, change; on Debian 13 one more probe first (a
+    # host never seen is taken to be Debian 12 until its probe says otherwise).
     assert all(commands <= 5 for _, commands in rounds.values()), rounds
 
     again = run_inv(bare_lab, "provision")
@@ -129,8 +137,23 @@ def test_verify_passes_and_services_run_opskits_config(bare_lab: Path) -> None:
         # must be the one running: it holds a connection to the syslog receiver's TLS port.
         ss = exec_in(spec, host.name, ["ss", "-Htn", "state", "established"]).stdout
         assert f":{host.vars['papertrail_port']}" in ss, ss
-    web = next(h for h in inventory.hosts if "nginx" in h.roles)
-    enabled = exec_in(spec, web.name, ["ls", "/etc/nginx/sites-enabled"]).stdout.split()
-    assert "default" not in enabled
-    crons = exec_in(spec, web.name, ["ls", "/etc/cron.d"]).stdout.split()
-    assert "certbot" not in crons
+    for web in (h for h in inventory.hosts if "nginx" in h.roles):
+        enabled = exec_in(spec, web.name, ["ls", "/etc/nginx/sites-enabled"]).stdout.split()
+        assert "default" not in enabled
+        crons = exec_in(spec, web.name, ["ls", "/etc/cron.d"]).stdout.split()
+        assert "certbot" not in crons
+    for db in (h for h in inventory.hosts if "postgresql" in h.roles):
+        clusters = exec_in(spec, db.name, ["pg_lsclusters", "-h"]).stdout.split()
+        assert clusters[:4] == ["17" if db.name.startswith("t") else "15", "main", "5432", "online"]
+
+
+def test_an_unsupported_release_is_refused_before_anything_changes(bare_lab: Path) -> None:
+    spec = load_lab_spec(bare_lab)
+    db = next(h for h in load_inventory(bare_lab).hosts if "postgresql" in h.roles)
+    exec_in(spec, db.name, ["sed", "-i", 's/^VERSION_ID=.*/VERSION_ID="11"/', "/etc/os-release"])
+    before = exec_in(spec, db.name, ["sh", "-c", "ls -l --time-style=+%s /etc/opskit*"]).stdout
+    out = run_inv(bare_lab, "provision", "--hosts", db.name)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"{db.name}: debian 11" in out.stdout and "is not supported" in out.stdout
+    after = exec_in(spec, db.name, ["sh", "-c", "ls -l --time-style=+%s /etc/opskit*"]).stdout
+    assert after == before
