@@ -55,23 +55,37 @@ class Packages(Resource):
         return "packages:" + ",".join(self.names)
 
     def probe(self) -> str:
+        # dpkg's state of each name; when one is not installed, also what installed packages
+        # provide: a virtual name (postgresql-contrib on Debian 13) is satisfied by a provider.
         names = " ".join(q(n) for n in self.names)
         return (
-            f"dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' -- {names} 2>/dev/null; true"
+            f"_opskit_p=$(dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' -- {names} "
+            "2>/dev/null); printf '%s\\n' \"$_opskit_p\"; "
+            f"if [ \"$(printf '%s\\n' \"$_opskit_p\" | grep -c ' ii')\" -lt {len(self.names)} ]; "
+            "then "
+            "echo '@provides'; dpkg-query -W -f='${db:Status-Abbrev}|${Provides}\\n' 2>/dev/null "
+            "| sed -n 's/^ii *|//p'; fi"
         )
 
     @staticmethod
     def installed(state: str) -> set[str]:
-        """Names dpkg reports as installed ('ii').
+        """Names dpkg reports as installed ('ii'), and the names installed packages provide.
 
         >>> sorted(Packages.installed("sudo ii \\ncron rc \\n"))
         ['sudo']
+        >>> sorted(Packages.installed("@provides\\npostgresql-contrib (= 17+278), pg-x\\n"))
+        ['pg-x', 'postgresql-contrib']
         """
         found = set()
-        for line in state.splitlines():
+        own, _, provides = state.partition("@provides\n")
+        for line in own.splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[1] == "ii":
                 found.add(parts[0].split(":")[0])
+        for line in provides.splitlines():
+            for item in line.split(","):
+                if item.strip():
+                    found.add(item.split()[0].split(":")[0])
         return found
 
     def plan(self, state: str, changed: frozenset[str]) -> Plan:

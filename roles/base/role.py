@@ -21,6 +21,30 @@ from opskit.resources import (
 
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-opskit-hardening.conf"
 JAIL = "/etc/fail2ban/jail.d/opskit-sshd.local"
+# apt's periodic runs (apt-daily-upgrade.timer reads it) and opskit's unattended-upgrades settings
+AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
+UNATTENDED = "/etc/apt/apt.conf.d/52opskit-unattended-upgrades"
+
+
+def unattended_upgrades(v: Mapping[str, Any]) -> list[Resource]:
+    """Daily security updates (Debian's unattended-upgrades with its default origins)."""
+    on = "1" if v["base_unattended_upgrades"] else "0"
+    out: list[Resource] = []
+    if v["base_unattended_upgrades"]:
+        out.append(Packages(("unattended-upgrades",)))
+    out.append(
+        Template(AUTO_UPGRADES, "base/20auto-upgrades.j2", {**v, "base_periodic": on}, mode=0o644)
+    )
+    if v["base_unattended_upgrades"]:
+        out.append(
+            Template(
+                UNATTENDED,
+                "base/52opskit-unattended-upgrades.j2",
+                v,
+                validate="apt-config -c %s dump >/dev/null",
+            )
+        )
+    return out
 
 
 def resources(v: Mapping[str, Any]) -> list[Resource]:
@@ -46,6 +70,7 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
         Template(JAIL, "base/opskit-sshd.local.j2", v, check_after="fail2ban-client -t"),
         Service("fail2ban", restart_on=(f"file:{JAIL}",)),
         Service("cron"),
+        *unattended_upgrades(v),
     ]
     return out
 

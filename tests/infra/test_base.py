@@ -46,3 +46,16 @@ def test_fail2ban_guards_sshd(host):
 
 def test_cron_running(host):
     assert host.service("cron").is_running
+
+
+def test_security_updates_are_unattended(host, hostvars):
+    periodic = host.file("/etc/apt/apt.conf.d/20auto-upgrades").content_string
+    on = "1" if hostvars["base_unattended_upgrades"] else "0"
+    assert f'APT::Periodic::Unattended-Upgrade "{on}";' in periodic
+    if hostvars["base_unattended_upgrades"]:
+        assert host.package("unattended-upgrades").is_installed
+        config = host.check_output("apt-config dump Unattended-Upgrade")
+        reboot = "true" if hostvars["base_unattended_reboot"] else "false"
+        assert f'Unattended-Upgrade::Automatic-Reboot "{reboot}";' in config
+        # Debian's own origins (the release's security updates) are still the ones used.
+        assert "-security" in config or "Debian-Security" in config
