@@ -166,6 +166,60 @@ def _build_image(
     ]
     progress(f"building base image ({kind.label}; first time, minutes)…")
     started = time.monotonic()
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        try:
+            _build_once(argv, tmp, spec, kind, build_log, progress)
+            break
+        except LabError as exc:
+            if attempt == BUILD_ATTEMPTS or not transient_network_error(str(exc)):
+                raise
+            wait = 15 * attempt
+            progress(
+                f"base image: the mirror could not be reached ({_first_fetch_error(str(exc))}); "
+                f"trying again in {wait} s (attempt {attempt + 1} of {BUILD_ATTEMPTS})"
+            )
+            time.sleep(wait)
+    os.rename(tmp, image)
+    size = run(["du", "-sh", str(image)], check=False).stdout.split("\t")[0]
+    progress(f"base image ready in {time.monotonic() - started:.0f} s ({size}): {image}")
+
+
+# A fresh machine's resolver can fail for a while ("Temporary failure resolving"): such a build
+# is tried again from scratch, twice, before the error reaches the operator.
+BUILD_ATTEMPTS = 3
+_TRANSIENT = re.compile(
+    r"Temporary failure resolving|Could not resolve|Failed to fetch|Connection timed out|"
+    r"Connection refused|Connection reset|Couldn't download|Unable to connect|"
+    r"Hash Sum mismatch"
+)
+
+
+def transient_network_error(message: str) -> bool:
+    """Whether a failed build says that the mirror was unreachable (worth another try).
+
+    >>> transient_network_error("E: Failed to fetch http://deb/x.deb  Temporary failure resolving")
+    True
+    >>> transient_network_error("E: Unable to locate package nosuch")
+    False
+    """
+    return _TRANSIENT.search(message) is not None
+
+
+def _first_fetch_error(message: str) -> str:
+    for line in message.splitlines():
+        if transient_network_error(line):
+            return line.strip()[:120]
+    return "network error"
+
+
+def _build_once(
+    argv: Sequence[str],
+    tmp: Path,
+    spec: LabSpec,
+    kind: ImageKind,
+    build_log: Path,
+    progress: Progress,
+) -> None:
     try:
         try:
             _stream(argv, build_log, progress, _debootstrap_phase)
@@ -175,12 +229,9 @@ def _build_image(
                 out.write(detail.read_text(errors="replace"))
             raise
         _configure_image(tmp, spec, kind, build_log, progress)
-        os.rename(tmp, image)
     except BaseException:
         remove_tree(tmp)
         raise
-    size = run(["du", "-sh", str(image)], check=False).stdout.split("\t")[0]
-    progress(f"base image ready in {time.monotonic() - started:.0f} s ({size}): {image}")
 
 
 _PER_PACKAGE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) (?!the )")
@@ -284,11 +335,13 @@ def _configure_image(
         run(["mount", "-t", "proc", "proc", str(root / "proc")])
         (root / "dev/shm").mkdir(parents=True, exist_ok=True)
         run(["mount", "-t", "tmpfs", "-o", "mode=1777,size=256m", "tmpfs", str(root / "dev/shm")])
-        chroot("apt-get", "update")
+        chroot("apt-get", "-o", "Acquire::Retries=3", "update")
         if kind.packages:
             progress(f"base image: apt-get install {len(kind.packages)} packages (minutes)…")
             chroot(
                 "apt-get",
+                "-o",
+                "Acquire::Retries=3",
                 "install",
                 "-y",
                 "-q",

@@ -97,7 +97,8 @@ class Packages(Resource):
     def script(self, plan: Plan) -> str:
         pkgs = " ".join(q(n) for n in plan.data["missing"])
         install = (
-            "apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "
+            "apt-get install -y -q --no-install-recommends -o Acquire::Retries=3 "
+            "-o Dpkg::Options::=--force-confold "
             f"-- {pkgs} >/tmp/.opskit-apt.log 2>&1"
         )
         return (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -487,3 +488,61 @@ def test_bad_host_images_are_refused(tmp_path: Path, extra: str, message: str) -
     )
     with pytest.raises(LabError, match=message):
         load_lab_spec(path)
+
+
+# ---- building a base image -------------------------------------------------------------------
+
+
+def _failing_builds(errors: list[str]) -> tuple[list[int], object]:
+    calls: list[int] = []
+
+    def build_once(argv: object, tmp: Path, *rest: object) -> None:
+        calls.append(1)
+        if errors:
+            raise LabError(errors.pop(0))
+        tmp.mkdir()  # what a finished build leaves
+
+    return calls, build_once
+
+
+def test_a_build_that_cannot_resolve_the_mirror_is_tried_again(
+    spec: LabSpec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = replace(spec, cache_dir=tmp_path)
+    calls, build_once = _failing_builds(
+        ["E: Failed to fetch http://deb.debian.org/x.deb  Temporary failure resolving 'deb'"]
+    )
+    monkeypatch.setattr(image, "_build_once", build_once)
+    monkeypatch.setattr(image.time, "sleep", lambda s: None)
+    said: list[str] = []
+    kind = image.ImageKind("bookworm", ("curl",))
+    target = spec.cache_dir / "base-test"
+    image._build_image(spec, kind, target, "test", "http://mirror", said.append)
+    assert len(calls) == 2 and target.is_dir()
+    assert any("trying again in 15 s (attempt 2 of 3)" in m for m in said), said
+
+
+def test_a_build_that_fails_for_another_reason_is_not_retried(
+    spec: LabSpec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = replace(spec, cache_dir=tmp_path)
+    calls, build_once = _failing_builds(["E: Unable to locate package nosuch"] * 3)
+    monkeypatch.setattr(image, "_build_once", build_once)
+    monkeypatch.setattr(image.time, "sleep", lambda s: None)
+    kind = image.ImageKind("bookworm", ("nosuch",))
+    with pytest.raises(LabError, match="Unable to locate package nosuch"):
+        image._build_image(spec, kind, spec.cache_dir / "base-x", "x", "http://m", lambda m: None)
+    assert len(calls) == 1
+
+
+def test_a_mirror_that_stays_unreachable_fails_after_three_tries(
+    spec: LabSpec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = replace(spec, cache_dir=tmp_path)
+    calls, build_once = _failing_builds(["W: Temporary failure resolving 'deb'"] * 3)
+    monkeypatch.setattr(image, "_build_once", build_once)
+    monkeypatch.setattr(image.time, "sleep", lambda s: None)
+    kind = image.ImageKind("bookworm", ())
+    with pytest.raises(LabError, match="Temporary failure resolving"):
+        image._build_image(spec, kind, spec.cache_dir / "base-y", "y", "http://m", lambda m: None)
+    assert len(calls) == 3
