@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,3 +14,15 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
         if key.startswith(("AWS_", "SLACK_", "UPTIMEROBOT_", "SENTRY_", "OPSKIT_SUDO")):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(autouse=True)
+def _keep_umask() -> Iterator[None]:
+    """A test that runs a host program's main() in-process (it sets umask 077, as it should on a
+    host) must not leave that umask to the tests after it: labs booted later would get a `/`
+    of mode 0700. Fails the test that changed it, and puts it back."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    after = os.umask(before)
+    assert after == before, f"the test left umask {after:o} (was {before:o})"

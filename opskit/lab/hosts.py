@@ -157,6 +157,7 @@ def prepare_host(spec: LabSpec, host: LabHost, image: Path, pubkey: str) -> None
     for d in (paths.dir, paths.upper, paths.work, paths.root):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.dir, 0o700)
+    os.chmod(paths.upper, 0o755)  # the host's `/` takes its mode from the upper layer
     if not is_mounted(paths.root):
         options = overlay_options(image, paths.upper, paths.work)
         run(["mount", "-t", "overlay", f"opskit-{host.name}", "-o", options, str(paths.root)])

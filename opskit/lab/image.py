@@ -50,6 +50,7 @@ from opskit.lab.proc import (
     read_tail,
     remove_tree,
     run,
+    standard_umask,
     umount_under,
     write_file,
 )
@@ -125,7 +126,7 @@ def ensure_base_images(
     mirror = pick_mirror(sources)
     spec.cache_dir.mkdir(parents=True, exist_ok=True)
     images: dict[ImageKind, Path] = {}
-    with locked(spec.cache_dir / ".lock", progress):
+    with locked(spec.cache_dir / ".lock", progress), standard_umask():
         for kind in dict.fromkeys(kinds):
             key = base_image_key(kind.packages, _baked(spec, mirror), kind.suite)
             image = spec.cache_dir / f"base-{key}"

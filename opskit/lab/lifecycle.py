@@ -49,7 +49,7 @@ from opskit.lab.nspawn import (
     wait_ssh,
     wait_systemd,
 )
-from opskit.lab.proc import Progress, check_prerequisites, locked, noop
+from opskit.lab.proc import Progress, check_prerequisites, locked, noop, standard_umask
 from opskit.lab.services import start_services, stop_services
 from opskit.lab.spec import LabError, LabHost, LabSpec, find_host, lab_network
 
@@ -83,7 +83,7 @@ def up(
     check_prerequisites()
     raise_limits(progress)
     selected = [find_host(spec, n) for n in dict.fromkeys(hosts)] if hosts else list(spec.hosts)
-    with locked(spec.state_dir / ".lock", progress):
+    with locked(spec.state_dir / ".lock", progress), standard_umask():
         images = ensure_base_images(spec, [image_kind(spec, h) for h in selected], progress)
         pubkey = ensure_identity(spec)
         ensure_bridge(spec)
@@ -160,7 +160,7 @@ def down(spec: LabSpec, *, progress: Progress = noop) -> None:
     `unreachable` route for the lab subnet stays too.
     """
     check_prerequisites()
-    with locked(spec.state_dir / ".lock", progress):
+    with locked(spec.state_dir / ".lock", progress), standard_umask():
         names = [h.name for h in spec.hosts]
         hosts_dir = spec.state_dir / "hosts"
         if hosts_dir.is_dir():  # hosts since removed from the inventory

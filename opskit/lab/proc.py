@@ -222,6 +222,30 @@ def read_tail(path: Path, lines: int = 15) -> str:
         return "    (no output)"
 
 
+# What a Debian machine's root has. The lab creates its hosts' overlay layers, images and state
+# under it: an operator's umask of 077 (a common hardening) would otherwise make each host's `/`
+# 0700 and lock every user but root out of SSH (sshd reads authorized_keys as the user).
+LAB_UMASK = 0o022
+
+
+@contextlib.contextmanager
+def standard_umask() -> Iterator[None]:
+    """Run the block (and what it spawns) with LAB_UMASK; the caller's umask is restored after.
+
+    >>> old = os.umask(0o077)
+    >>> with standard_umask():
+    ...     oct(os.umask(0o022))
+    '0o22'
+    >>> oct(os.umask(old))
+    '0o77'
+    """
+    old = os.umask(LAB_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 @contextlib.contextmanager
 def locked(path: Path, progress: Progress) -> Iterator[None]:
     """Hold an exclusive flock on `path`; say so through `progress` when waiting for it."""

@@ -70,7 +70,11 @@ def write_config(tmp_path: Path, cfg: dict[str, Any]) -> str:
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], str]:
-    code = program.main(list(argv), as_postgres=False)
+    umask = os.umask(0o022)  # main() sets 077 for the process, as a host program should
+    try:
+        code = program.main(list(argv), as_postgres=False)
+    finally:
+        os.umask(umask)
     out, err = capsys.readouterr()
     return code, json.loads(out) if out.strip() else {}, err
 
