@@ -4,9 +4,9 @@
 Never installed: opskit.status sends this module's source inside the one remote command it runs
 per host (`python3 - CONFIG <<HEREDOC`, the source as the here-document, CONFIG the JSON of a
 `ProbeConfig`). It runs as root with the host's python3 (Debian's 3.11 or 3.13), stdlib only,
-and imports nothing of opskit. Each part (cpu, memory, disks, health, database, pm2, the last
-health check, backups) catches its own errors and reports them as `{"error": ...}`, so one
-unreadable metric never hides the others.
+and imports nothing of opskit. Each part (cpu, memory, disks, the system: release, pending
+updates and reboot-required, health, database, pm2, the last health check, backups) catches its
+own errors and reports them as `{"error": ...}`, so one unreadable metric never hides the others.
 
 The laptop side imports the marker and the JSON keys from here; the parsing helpers are pure
 and tested on the laptop (tests/unit/test_status.py).
@@ -43,6 +43,7 @@ KEY_DATABASE = "database"
 KEY_PM2 = "pm2"
 KEY_HEALTHCHECK = "healthcheck"
 KEY_BACKUP = "backup"
+KEY_SYSTEM = "system"
 # In a part: why it could not be read; DOWN: because its service is not running (critical, not
 # unknown); MISSING: the health check has written no result yet.
 KEY_ERROR = "error"
@@ -80,6 +81,7 @@ class ProbeConfig(TypedDict):
     healthcheck: HealthcheckConfig | None  # None: no healthcheck role
     pm2_search_path: str
     backup: BackupConfig | None
+    updates: bool  # read the pending updates (apt-get --simulate: about a second)
 
 
 Part = dict[str, Any]
@@ -181,6 +183,93 @@ def disks(cfg: ProbeConfig) -> list[Part]:
             found.append({"path": path, KEY_ERROR: exc.strerror or str(exc)})
             continue
         found.append(disk_of(path, st.f_blocks, st.f_bfree, st.f_bavail, st.f_frsize))
+    return found
+
+
+# --- the system: release, pending security updates, reboot required --------------------------
+
+OS_RELEASE = "/etc/os-release"
+# Written by Debian's update-notifier-common hooks (and unattended-upgrades) when an upgraded
+# package (a kernel, libc, systemd, ...) needs a reboot; the .pkgs file names the packages.
+REBOOT_REQUIRED = "/run/reboot-required"
+# What apt would upgrade, simulated: reads the host's package lists only (no network, no lock).
+APT_SIMULATE = [
+    "apt-get",
+    "--simulate",
+    "-o",
+    "Debug::NoLocking=true",
+    "-o",
+    "Dir::Cache::pkgcache=",
+    "-o",
+    "Dir::Cache::srcpkgcache=",
+    "upgrade",
+]
+SHOWN_PACKAGES = 10
+APT_TIMEOUT = 60  # seconds; about one on a server, a few on a busy laptop
+
+
+def os_release_of(text: str) -> dict[str, str]:
+    """The fields of /etc/os-release (os-release(5): KEY=value, values optionally quoted).
+
+    >>> os_release_of('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\\nVERSION_ID="13"\\nID=debian\\n')
+    {'PRETTY_NAME': 'Debian GNU/Linux 13 (trixie)', 'VERSION_ID': '13', 'ID': 'debian'}
+    """
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip("'\"")
+    return fields
+
+
+def upgrades_of(simulated: str) -> tuple[list[str], list[str]]:
+    """(every package apt would upgrade, those of them from a security suite), from the output
+    of `apt-get --simulate upgrade` ("Inst NAME [OLD] (NEW ORIGIN:SUITE [ARCH])").
+
+    >>> upgrades_of("Inst zlib1g [1:1.2.13] (1:1.2.13+deb12u1 Debian-Security:12/stable-security"
+    ...             " [amd64])\\nInst tzdata [2024a] (2025b Debian:12.11/stable [all])\\nConf x\\n")
+    (['zlib1g', 'tzdata'], ['zlib1g'])
+    """
+    every: list[str] = []
+    security: list[str] = []
+    for line in simulated.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "Inst":
+            continue
+        every.append(fields[1])
+        if "-security" in line.partition("(")[2]:
+            security.append(fields[1])
+    return every, security
+
+
+def system(cfg: ProbeConfig) -> Part:
+    with open(OS_RELEASE) as f:
+        release = os_release_of(f.read())
+    found: Part = {
+        "os": release.get("PRETTY_NAME") or release.get("NAME", "unknown"),
+        "version_id": release.get("VERSION_ID", ""),
+        "reboot_required": os.path.exists(REBOOT_REQUIRED),
+    }
+    try:
+        with open(REBOOT_REQUIRED + ".pkgs") as f:
+            found["reboot_packages"] = sorted(set(f.read().split()))[:SHOWN_PACKAGES]
+    except OSError:
+        found["reboot_packages"] = []
+    if not cfg.get("updates"):
+        return found
+    apt = shutil.which("apt-get", path=SBIN_SEARCH_PATH)
+    if apt is None:
+        found["updates_error"] = "apt-get is missing"
+        return found
+    env = {"PATH": SBIN_SEARCH_PATH, "LANG": "C", "LC_ALL": "C"}
+    run = subprocess.run(APT_SIMULATE, capture_output=True, text=True, timeout=APT_TIMEOUT, env=env)
+    if run.returncode != 0:
+        found["updates_error"] = short_error(run.stderr or run.stdout)
+        return found
+    every, security = upgrades_of(run.stdout)
+    found["updates"] = len(every)
+    found["security_updates"] = len(security)
+    found["security_packages"] = security[:SHOWN_PACKAGES]
     return found
 
 
@@ -477,7 +566,12 @@ Reader = Callable[[ProbeConfig], Any]
 
 def parts(cfg: ProbeConfig) -> list[tuple[str, Reader]]:
     """The parts to read for `cfg`, in order (cpu first and alone: see `cpu`)."""
-    chosen: list[tuple[str, Reader]] = [(KEY_CPU, cpu), (KEY_MEMORY, memory), (KEY_DISKS, disks)]
+    chosen: list[tuple[str, Reader]] = [
+        (KEY_CPU, cpu),
+        (KEY_MEMORY, memory),
+        (KEY_DISKS, disks),
+        (KEY_SYSTEM, system),
+    ]
     optional: Sequence[tuple[object, str, Reader]] = (
         (cfg["health_url"], KEY_HEALTH, health),
         (cfg["db"], KEY_DATABASE, database),

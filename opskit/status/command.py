@@ -51,6 +51,7 @@ def probe_config(s: Settings) -> ProbeConfig:
         "backup": (
             {"local_dir": s.backup.local_dir, "database": s.backup.database} if s.backup else None
         ),
+        "updates": True,
     }
 
 

@@ -377,6 +377,45 @@ def _healthcheck_metrics(s: Settings, part: Any) -> list[Metric]:
     ]
 
 
+def _system_metrics(part: Any) -> list[Metric]:
+    """The host's release (shown), its pending security updates (shown with their names: the
+    base role's unattended upgrades install them daily) and whether it waits for a reboot
+    (warning: an upgraded kernel or library is not in use until then)."""
+    err = _error(part)
+    if err or not isinstance(part, dict):
+        why = err or "not read"
+        return [
+            Metric("os", "os", None, "", "unknown", why),
+            Metric("security_updates", "security updates", None, "", "unknown", why),
+            Metric("reboot", "reboot", None, "", "unknown", why),
+        ]
+    found = [Metric("os", "os", str(part.get("os", "unknown")), "", "ok")]
+    if "updates_error" in part or "security_updates" not in part:
+        found.append(
+            Metric(
+                "security_updates",
+                "security updates",
+                None,
+                "",
+                "unknown",
+                f"apt: {part.get('updates_error', 'not read')}",
+            )
+        )
+    else:
+        count = int(part.get("security_updates", 0))
+        names = list(part.get("security_packages") or [])
+        more = count - len(names)
+        detail = ", ".join(names) + (f" and {more} more" if more > 0 else "")
+        detail = f"pending: {detail}" if count else f"{int(part.get('updates', 0))} other updates"
+        found.append(Metric("security_updates", "security updates", count, "", "ok", detail))
+    if part.get("reboot_required"):
+        pkgs = ", ".join(part.get("reboot_packages") or []) or "see /run/reboot-required"
+        found.append(Metric("reboot", "reboot", "required", "", "warning", f"for {pkgs}"))
+    else:
+        found.append(Metric("reboot", "reboot", "not needed", "", "ok"))
+    return found
+
+
 def _release_metric(s: Settings, raw: Raw) -> Metric:
     if raw.release_exit == app_spec.UNPROVISIONED_EXIT:
         assert s.app is not None
@@ -439,6 +478,7 @@ def evaluate(
     metrics.append(_pct_metric("cpu", "cpu", p.get(probe.KEY_CPU), s.cpu, cpu_detail))
     metrics.append(_memory_metric(s, p.get(probe.KEY_MEMORY)))
     metrics += _disk_metrics(s, p.get(probe.KEY_DISKS))
+    metrics += _system_metrics(p.get(probe.KEY_SYSTEM))
     if s.db is not None:
         metrics.append(_db_metric(s, p.get(probe.KEY_DATABASE)))
     if s.pm2_user:

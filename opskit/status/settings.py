@@ -35,6 +35,7 @@ UNGRADABLE = (
     "backup_age",
     "healthcheck",
     "release",
+    "reboot",
 )
 # healthcheck_checks name -> the status metrics it stands for (for status_ungraded: null).
 _CHECK_METRICS = {

@@ -185,6 +185,15 @@ def web_probe(**over: Any) -> dict[str, Any]:
                 "size_bytes": 10 * 2**30,
             }
         ],
+        "system": {
+            "os": "Debian GNU/Linux 13 (trixie)",
+            "version_id": "13",
+            "reboot_required": False,
+            "reboot_packages": [],
+            "updates": 4,
+            "security_updates": 0,
+            "security_packages": [],
+        },
         "health": [{"status": 200, "healthy": True, "ms": ms} for ms in (4, 6, 5, 30, 5)],
         "pm2": {
             "processes": [
@@ -242,6 +251,9 @@ def test_a_healthy_web_host_is_ok_with_its_numbers(tmp_path):
         "cpu",
         "memory",
         "disk:/",
+        "os",
+        "security_updates",
+        "reboot",
         "pm2",
         "pm2_restarts",
         "pm2_uptime",
@@ -289,6 +301,27 @@ def test_a_healthy_web_host_is_ok_with_its_numbers(tmp_path):
             ExitStatus.CRITICAL,
         ),
         ({"cpu": {"error": "OSError: boom"}}, "cpu", "unknown", ExitStatus.HOST_FAILED),
+        (
+            {
+                "system": {
+                    "os": "Debian GNU/Linux 12 (bookworm)",
+                    "reboot_required": True,
+                    "reboot_packages": ["linux-image-amd64"],
+                    "updates": 0,
+                    "security_updates": 0,
+                    "security_packages": [],
+                }
+            },
+            "reboot",
+            "warning",
+            ExitStatus.WARNING,
+        ),
+        (
+            {"system": {"os": "Debian", "reboot_required": False, "updates_error": "E: lock"}},
+            "security_updates",
+            "unknown",
+            ExitStatus.HOST_FAILED,
+        ),
     ],
 )
 def test_thresholds_make_levels_and_exit_codes(tmp_path, change, metric, level, exit_code):
@@ -616,6 +649,7 @@ def probe_config(tmp_path: Path, **over: Any) -> status_probe.ProbeConfig:
         "app_current": None,
         "healthcheck": False,
         "backup": None,
+        "updates": False,
     }
     cfg.update(over)  # type: ignore[typeddict-item]
     return cfg
@@ -705,7 +739,7 @@ def test_probe_counts_only_verified_backups():
 
 def test_probe_reads_only_the_parts_asked_for(tmp_path):
     keys = [k for k, _ in status_probe.parts(probe_config(tmp_path))]
-    assert keys == ["cpu", "memory", "disks"]
+    assert keys == ["cpu", "memory", "disks", "system"]
     every = probe_config(
         tmp_path,
         health_url="http://127.0.0.1:9/health",
@@ -718,6 +752,7 @@ def test_probe_reads_only_the_parts_asked_for(tmp_path):
         "cpu",
         "memory",
         "disks",
+        "system",
         "health",
         "database",
         "pm2",
@@ -744,9 +779,34 @@ def test_probe_main_prints_one_json_object_or_refuses_bad_arguments(tmp_path, ca
         "cpu",
         "memory",
         "disks",
+        "system",
     }
     assert status_probe.main([]) == 2
     assert status_probe.main(["{not json"]) == 2
     assert status_probe.main(["[1, 2]"]) == 2
     err = capsys.readouterr()
     assert err.out == "" and "not JSON" in err.err and "not a JSON object" in err.err
+
+
+def test_the_system_shows_the_release_and_pending_security_updates_by_name(tmp_path):
+    web = inventory(tmp_path)["web1"]
+    system = {
+        "os": "Debian GNU/Linux 12 (bookworm)",
+        "reboot_required": False,
+        "reboot_packages": [],
+        "updates": 17,
+        "security_updates": 12,
+        "security_packages": [f"lib{i}" for i in range(10)],
+    }
+    by = {m.name: m for m in judge(web, web_probe(system=system), release=RELEASE).metrics}
+    assert (by["os"].value, by["os"].level) == ("Debian GNU/Linux 12 (bookworm)", "ok")
+    updates = by["security_updates"]
+    assert (updates.value, updates.level) == (12, "ok")
+    assert updates.detail.startswith("pending: lib0, lib1") and updates.detail.endswith("2 more")
+    assert (by["reboot"].value, by["reboot"].level) == ("not needed", "ok")
+
+
+def test_the_probe_reads_this_machines_release_and_updates(tmp_path):
+    part = status_probe.system(probe_config(tmp_path, updates=True))
+    assert part["os"] and isinstance(part["reboot_required"], bool)
+    assert "updates_error" in part or part["security_updates"] <= part["updates"]
