@@ -45,6 +45,7 @@ from opskit.lab.nspawn import (
     LabHostStatus,
     boot,
     host_status,
+    other_lab_host,
     stop_hosts,
     wait_ssh,
     wait_systemd,
@@ -83,6 +84,14 @@ def up(
     check_prerequisites()
     raise_limits(progress)
     selected = [find_host(spec, n) for n in dict.fromkeys(hosts)] if hosts else list(spec.hosts)
+    for host in selected:
+        other = other_lab_host(spec, host.name)
+        if other:
+            raise LabError(
+                f"{host.name}: another lab on this machine runs a host of that name ({other}); "
+                "hosts' network namespaces and cgroups are named after them: give this lab's "
+                "hosts other names (and its own bridge and subnet), or stop that lab first"
+            )
     with locked(spec.state_dir / ".lock", progress), standard_umask():
         images = ensure_base_images(spec, [image_kind(spec, h) for h in selected], progress)
         pubkey = ensure_identity(spec)

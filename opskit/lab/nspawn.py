@@ -121,6 +121,38 @@ def _nspawn_pids(root: Path) -> list[int]:
     return [p for p in found if parents[p] not in found]
 
 
+def nspawn_root(cmdline: Sequence[str]) -> str | None:
+    """The tree a systemd-nspawn command line boots (None: not systemd-nspawn, or no -D).
+
+    >>> nspawn_root(["systemd-nspawn", "-D", "/l2/hosts/web1/root", "-b"])
+    '/l2/hosts/web1/root'
+    >>> nspawn_root(["systemd-nspawn", "--directory=/x/root"]), nspawn_root(["sshd", "-D"])
+    ('/x/root', None)
+    """
+    if not cmdline or os.path.basename(cmdline[0]) != "systemd-nspawn":
+        return None
+    args = list(cmdline[1:])
+    for i, arg in enumerate(args):
+        if arg in ("-D", "--directory") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--directory="):
+            return arg.removeprefix("--directory=")
+    return None
+
+
+def other_lab_host(spec: LabSpec, name: str) -> str | None:
+    """The tree of a host of *another* lab that runs under the same name, if any.
+
+    A host's network namespace, veth and cgroup are named after it, machine-wide: two labs on
+    one machine need different host names (and bridges and subnets)."""
+    mine = str(host_paths(spec, name).root)
+    for pid in all_pids():
+        root = nspawn_root(cmdline_of(pid))
+        if root and root != mine and Path(root).parent.name == name:
+            return root
+    return None
+
+
 def host_nspawn_pid(spec: LabSpec, name: str) -> int | None:
     """The verified pid of a host's systemd-nspawn: pid file first, then a scan of /proc."""
     paths = host_paths(spec, name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -546,3 +548,22 @@ def test_a_mirror_that_stays_unreachable_fails_after_three_tries(
     with pytest.raises(LabError, match="Temporary failure resolving"):
         image._build_image(spec, kind, spec.cache_dir / "base-y", "y", "http://m", lambda m: None)
     assert len(calls) == 3
+
+
+def test_a_host_name_running_in_another_lab_is_found(spec: LabSpec, tmp_path: Path) -> None:
+    # A process that looks like another lab's systemd-nspawn booting a host named web1.
+    other = tmp_path / "other-lab/hosts/web1/root"
+    script = "import time; time.sleep(60)"
+    fake = subprocess.Popen(
+        ["systemd-nspawn", "-c", script, "-D", str(other), "--register=no"],
+        executable=sys.executable,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while nspawn.other_lab_host(spec, "web1") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert nspawn.other_lab_host(spec, "web1") == str(other)
+        assert nspawn.other_lab_host(spec, "db1") is None
+    finally:
+        fake.kill()
+        fake.wait()
