@@ -101,6 +101,9 @@ HINTS = {
     "cert": "`inv certs.status`, then `inv certs.renew`",
     "backup_age": "`inv backup.list`; take one now with `inv backup.run`",
     "healthcheck": "`inv monitoring.status` shows the last health check",
+    "reboot": "reboot the host in a quiet hour (`inv run --sudo --command reboot --hosts HOST`): "
+    "upgraded packages are not in use until then",
+    "security_updates": "`inv run --sudo --command unattended-upgrade` installs them now",
 }
 
 

@@ -39,6 +39,9 @@ COLUMNS = (
     ("cert", "Cert"),
     ("backup_age", "Backup age"),
     ("release", "Release"),
+    ("os", "OS"),
+    ("security_updates", "Security updates"),
+    ("reboot", "Reboot"),
 )
 
 
