@@ -176,6 +176,10 @@ def down(spec: LabSpec, *, progress: Progress = noop) -> None:
             names += sorted(
                 p.name for p in hosts_dir.iterdir() if p.is_dir() and p.name not in names
             )
+        for name in [n for n in names if other_lab_host(spec, n)]:
+            # Its network namespace and cgroup are that lab's now (they are named after it).
+            progress(f"{name}: left alone: another lab on this machine runs a host of that name")
+            names.remove(name)
         stop_hosts(spec, names, progress)
         for name in names:
             remove_host_net(name)

@@ -306,7 +306,12 @@ def stop_hosts(spec: LabSpec, names: Sequence[str], progress: Progress) -> None:
     for name in names:
         # A container whose systemd-nspawn was SIGKILLed keeps running, orphaned. Its processes
         # are the only ones in the cgroup and the network namespace we made for that host.
-        orphans = sorted(set(netns_pids(name)) | set(_cgroup_pids(name)))
+        paths = host_paths(spec, name)
+        orphans = [
+            pid
+            for pid in sorted(set(netns_pids(name)) | set(_cgroup_pids(name)))
+            if _same_root(pid, paths.root)  # never another lab's host of the same name
+        ]
         if orphans:
             progress(f"{name}: killing {len(orphans)} orphaned container process(es)")
             for pid in orphans:
@@ -314,9 +319,25 @@ def stop_hosts(spec: LabSpec, names: Sequence[str], progress: Progress) -> None:
                     os.kill(pid, signal.SIGKILL)
             wait_gone(orphans, 10.0)
         _remove_cgroups(name)
-        paths = host_paths(spec, name)
         umount_under(paths.root)
         paths.pid.unlink(missing_ok=True)
+
+
+def _same_root(pid: int, root: Path) -> bool:
+    """Whether process `pid` runs inside the tree mounted at `root` (a container's processes
+    see it as "/", so their root is compared by device and inode), or is gone already.
+
+    A container whose systemd-nspawn died keeps its root: that tells this lab's orphans from
+    those of another lab's host of the same name (its netns and cgroup have the same names)."""
+    try:
+        theirs = os.stat(f"/proc/{pid}/root")
+    except OSError:
+        return True  # gone, or not ours to read: killing a gone pid does nothing
+    try:
+        mine = os.stat(root)
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _cgroup_dirs(name: str) -> list[Path]:
