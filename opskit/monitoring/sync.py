@@ -112,7 +112,7 @@ def format_sync(result: SyncResult, *, verbose: bool = False) -> str:
     """What a person reads: one line per action (unchanged ones with verbose), then totals."""
     lines = []
     for a in result.actions:
-        if a.kind == "ok" and not verbose:
+        if a.kind == "ok" and not verbose and "adopted" not in a.detail:
             continue
         label = "CONFLICT" if a.kind == "conflict" else a.kind
         detail = f"  {a.detail}" if a.detail else ""
