@@ -878,11 +878,21 @@ def ping_heartbeat(cfg: Config, rep: Reporter) -> str:
     return "pinged"
 
 
+def slack_escape(text: str) -> str:
+    """`&`, `<`, `>` as Slack asks (https://api.slack.com/reference/surfaces/formatting#escaping):
+    an error message quoting a server's answer can neither ping nor link.
+
+    >>> slack_escape("pg_dump: <!here> & more")
+    'pg_dump: &lt;!here&gt; &amp; more'
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def alert(cfg: Config, text: str, rep: Reporter) -> str:
     if not cfg["slack_webhook"]:
         rep.log("slack: no webhook configured; alert not sent")
         return "not configured"
-    payload = json.dumps({"text": redact(text, secrets_of(cfg))}).encode()
+    payload = json.dumps({"text": slack_escape(redact(text, secrets_of(cfg)))}).encode()
     for attempt in range(3):
         try:
             http(cfg["slack_webhook"], payload, cfg["http_timeout"])

@@ -516,3 +516,13 @@ def test_runs_without_opskit_and_imports_without_boto3(tmp_path):
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert out.returncode == 0 and out.stdout == "('dump', 1, 2)\n", out.stderr
+
+
+def test_the_slack_alert_text_is_escaped(tmp_path, monkeypatch):
+    """An error quoting a server (`<!here> & <b>`) can neither ping nor link in Slack."""
+    cfg = program.parse_config(json.dumps({**config(tmp_path), "slack_webhook": "http://x/h"}))
+    sent: list[bytes] = []
+    monkeypatch.setattr(program, "http", lambda url, data, timeout: sent.append(data) or 200)
+    assert program.alert(cfg, "pg_dump: <!here> & <b>", program.Reporter([])) == "sent"
+    [payload] = [json.loads(s) for s in sent]
+    assert payload == {"text": "pg_dump: &lt;!here&gt; &amp; &lt;b&gt;"}
