@@ -12,10 +12,32 @@ from urllib.parse import quote
 
 import requests
 
+from opskit.clients import ApiError
 from opskit.clients.http import JsonApi
 from opskit.core.secrets import Secret
 
 DEFAULT_URL = "https://sentry.io"
+MAX_PAGES = 100
+
+
+def next_page(link_header: str | None) -> str | None:
+    """The URL of the next page from Sentry's `Link` header, or None on the last page.
+
+    Sentry always sends both a previous and a next link; `results="true"` on the `rel="next"`
+    one says there is more (https://docs.sentry.io/api/pagination/).
+
+    >>> h = ('<https://s/api/0/x/?&cursor=0:0:1>; rel="previous"; results="false"; '
+    ...      'cursor="0:0:1", <https://s/api/0/x/?&cursor=0:100:0>; rel="next"; '
+    ...      'results="true"; cursor="0:100:0"')
+    >>> next_page(h)
+    'https://s/api/0/x/?&cursor=0:100:0'
+    >>> next_page(h.replace('results="true"', 'results="false"')) is None
+    True
+    """
+    for link in requests.utils.parse_header_links(link_header or ""):
+        if link.get("rel") == "next":
+            return str(link["url"]) if link.get("results", "true") == "true" else None
+    return None
 
 
 class SentryClient:
@@ -90,7 +112,26 @@ class SentryClient:
     # --- issue alert rules ---------------------------------------------------------------
 
     def rules(self) -> list[dict[str, Any]]:
-        return list(self.api.json("GET", self._rules, what="list alert rules") or [])
+        """Every issue alert rule of the project: all pages of the `Link` header."""
+        out: list[dict[str, Any]] = []
+        url, seen = self._rules, set()
+        for _ in range(MAX_PAGES):
+            resp = self.api.request("GET", url, what="list alert rules")
+            try:
+                page = resp.json() if resp.content else []
+            except ValueError:
+                raise ApiError("Sentry list alert rules: answer is not JSON") from None
+            if not isinstance(page, list):
+                raise ApiError("Sentry list alert rules: unexpected answer (not a list)")
+            out.extend(page)
+            nxt = next_page(resp.headers.get("Link"))
+            if nxt is None:
+                return out
+            if nxt in seen:
+                raise ApiError("Sentry list alert rules: pagination repeated a page")
+            seen.add(nxt)
+            url = nxt
+        raise ApiError(f"Sentry list alert rules: more than {MAX_PAGES} pages")
 
     def create_rule(self, body: dict[str, Any]) -> dict[str, Any]:
         what = f"create alert rule {body.get('name')!r}"

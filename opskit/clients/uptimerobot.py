@@ -1,7 +1,10 @@
 """UptimeRobot API v3: the calls `inv monitoring.sync` uses (monitors, alert contacts).
 
-Bearer authentication, JSON bodies, cursor pagination (`nextLink`), 429 retried after
-`Retry-After` (https://uptimerobot.com/api/v3). The API key never appears in errors.
+Bearer authentication, JSON bodies, cursor pagination (`nextLink`)
+(https://uptimerobot.com/api/v3). Rate limits by plan (free: 10 requests a minute; PRO: twice the
+monitor limit, at most 5000): the client paces itself by `X-RateLimit-Remaining`/`-Reset` and
+waits out a 429's `Retry-After`, within `wait_budget` seconds in all (default 10 minutes, enough
+for a first sync of several apps on the free plan). The API key never appears in errors.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class UptimeRobotClient:
         timeout: float = 10.0,
         **retry: Any,
     ) -> None:
+        retry.setdefault("pace", True)
         self.api = JsonApi(
             "UptimeRobot",
             base_url,

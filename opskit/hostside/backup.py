@@ -591,6 +591,75 @@ def s3_sha256(path: str, part_size: int = PART_SIZE) -> str:
     return f"{combined}-{len(parts)}"
 
 
+def s3_sha256_parts(path: str, sizes: Sequence[int]) -> str:
+    """S3's composite SHA256 of an object uploaded in parts of `sizes` bytes (in order): the
+    SHA256 of the concatenated part digests, suffixed -<parts>
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html).
+
+    >>> import tempfile
+    >>> f = tempfile.NamedTemporaryFile(delete=False); _ = f.write(b"abcdefghij"); f.close()
+    >>> s3_sha256_parts(f.name, [4, 4, 2]) == s3_sha256(f.name, part_size=4)
+    True
+    """
+    digests = []
+    with open(path, "rb") as f:
+        for size in sizes:
+            digest, left = hashlib.sha256(), size
+            while left > 0 and (chunk := f.read(min(CHUNK, left))):
+                digest.update(chunk)
+                left -= len(chunk)
+            digests.append(digest.digest())
+    combined = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
+    return f"{combined}-{len(digests)}"
+
+
+def object_parts(client: Any, bucket: str, key: str, size: int) -> tuple[str, list[int]]:
+    """(checksum type, part sizes) of the object as S3 keeps it: GetObjectAttributes'
+    ObjectParts (paged by PartNumberMarker) and Checksum.ChecksumType; where that call is not
+    allowed, HEAD with PartNumber=1 (PartsCount and the first part's size; boto3 cuts equal
+    parts, the last one shorter). One part and no part list: ("FULL_OBJECT", [size])
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObjectAttributes.html,
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html)."""
+    kind, sizes, marker = "", [], 0
+    try:
+        for _ in range(100):  # 10,000 parts at most, 1,000 a page
+            args: dict[str, Any] = {"MaxParts": 1000, "PartNumberMarker": marker} if marker else {}
+            attrs = client.get_object_attributes(
+                Bucket=bucket,
+                Key=key,
+                ObjectAttributes=["Checksum", "ObjectParts", "ObjectSize"],
+                **args,
+            )
+            kind = str((attrs.get("Checksum") or {}).get("ChecksumType") or kind)
+            parts = attrs.get("ObjectParts") or {}
+            found = sorted(parts.get("Parts") or [], key=lambda p: int(p.get("PartNumber", 0)))
+            sizes += [int(p["Size"]) for p in found]
+            if not parts.get("IsTruncated"):
+                break
+            marker = int(parts.get("NextPartNumberMarker") or 0)
+    except Exception:
+        sizes = []
+    if sum(sizes) == size and sizes:
+        return kind or ("COMPOSITE" if len(sizes) > 1 else "FULL_OBJECT"), sizes
+    head = client.head_object(Bucket=bucket, Key=key, PartNumber=1)
+    count = int(head.get("PartsCount") or 0)
+    first = int(head.get("ContentLength") or size)
+    if count <= 1:
+        return kind or "FULL_OBJECT", [size]
+    return kind or "COMPOSITE", [first] * (count - 1) + [size - first * (count - 1)]
+
+
+def expected_s3_sha256(path: str, kind: str, sizes: Sequence[int]) -> str:
+    """What S3's SHA256 checksum of the object must be, for its checksum type and parts."""
+    if kind == "FULL_OBJECT" or len(sizes) <= 1:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256()
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        return base64.b64encode(digest.digest()).decode()
+    return s3_sha256_parts(path, sizes)
+
+
 def same_s3_checksum(reported: str, expected: str) -> bool:
     """Compare S3 checksums, ignoring the -<parts> suffix some servers leave out.
 
@@ -785,7 +854,8 @@ def verify_upload(
     cfg: Config, client: Any, path: str, key: str, size: int, sha: str, rep: Reporter
 ) -> str:
     """S3 holds exactly the local file: size, our sha256 metadata, and S3's SHA256 checksum
-    (recomputed here with the same part size); servers without checksums: a full download.
+    (recomputed here over the parts S3 reports for the object: boto3 raises the part size to stay
+    within 10,000 parts, so it is never assumed); servers without checksums: a full download.
     Returns how it was checked: "s3-sha256" or "download"."""
     bucket = cfg["s3"]["bucket"]
     where = f"s3://{bucket}/{key}"
@@ -803,7 +873,11 @@ def verify_upload(
         raise Failure(f"verify upload {where}: sha256 metadata differs", step=STEP_VERIFY_UPLOAD)
     reported = head.get("ChecksumSHA256")
     if cfg["verify_upload"] == "checksum" and reported:
-        if not same_s3_checksum(reported, s3_sha256(path)):
+        try:
+            kind, sizes = object_parts(client, bucket, key, size)
+        except Exception as exc:
+            raise s3_failure(exc, STEP_VERIFY_UPLOAD, where) from None
+        if not same_s3_checksum(reported, expected_s3_sha256(path, kind, sizes)):
             raise Failure(
                 f"verify upload {where}: S3's SHA256 checksum differs from the dump's",
                 step=STEP_VERIFY_UPLOAD,
@@ -878,11 +952,21 @@ def ping_heartbeat(cfg: Config, rep: Reporter) -> str:
     return "pinged"
 
 
+def slack_escape(text: str) -> str:
+    """`&`, `<`, `>` as Slack asks (https://api.slack.com/reference/surfaces/formatting#escaping):
+    an error message quoting a server's answer can neither ping nor link.
+
+    >>> slack_escape("pg_dump: <!here> & more")
+    'pg_dump: &lt;!here&gt; &amp; more'
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def alert(cfg: Config, text: str, rep: Reporter) -> str:
     if not cfg["slack_webhook"]:
         rep.log("slack: no webhook configured; alert not sent")
         return "not configured"
-    payload = json.dumps({"text": redact(text, secrets_of(cfg))}).encode()
+    payload = json.dumps({"text": slack_escape(redact(text, secrets_of(cfg)))}).encode()
     for attempt in range(3):
         try:
             http(cfg["slack_webhook"], payload, cfg["http_timeout"])

@@ -537,6 +537,31 @@ def hint(config: Config, name: str) -> str:
         return text
 
 
+SLACK_TEXT_KEYS = frozenset({"text", "fallback", "title", "value", "pretext", "footer"})
+
+
+def slack_escape(text: str) -> str:
+    """Slack's control characters as the entities Slack asks for, so that text from a health
+    endpoint can neither ping (`<!channel>`) nor link; nothing else is encoded
+    (https://api.slack.com/reference/surfaces/formatting#escaping).
+
+    >>> slack_escape("<!channel> & <b>")
+    '&lt;!channel&gt; &amp; &lt;b&gt;'
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def escape_payload(value: Any, key: str = "") -> Any:
+    """The payload with every text field (text, fallback, title, value, ...) escaped."""
+    if isinstance(value, dict):
+        return {k: escape_payload(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_payload(v, key) for v in value]
+    if isinstance(value, str) and key in SLACK_TEXT_KEYS:
+        return slack_escape(value)
+    return value
+
+
 def message(
     config: Config,
     kind: str,
@@ -563,7 +588,7 @@ def message(
             "text": summaries,
             "footer": "opskit healthcheck",
         }
-        return {"text": text, "attachments": [all_ok]}
+        return dict(escape_payload({"text": text, "attachments": [all_ok]}))
     label = {"alert": "", "changed": " (changed)", "reminder": " (still failing)"}[kind]
     what = ", ".join(f"{r[Key.NAME]} {r[Key.LEVEL]}" for r in failing)
     text = f"{ICON[level]} {level.upper()} {host}{label}: {what}"
@@ -586,7 +611,7 @@ def message(
         "footer": "opskit healthcheck",
         "text": "What to do first: " + " ".join(first) if first else "",
     }
-    return {"text": text, "attachments": [attachment]}
+    return dict(escape_payload({"text": text, "attachments": [attachment]}))
 
 
 def post_slack(config: Config, payload: Mapping[str, Any]) -> str | None:

@@ -67,6 +67,8 @@ def sync(
         up_client = UptimeRobotClient(s.api_key, base_url=s.api_url, session=session, **retry)
         ids = resolve_contacts(s.contacts, up_client.alert_contacts())
         result.actions += plan_monitors(s, up_client.monitors(), ids)
+        if not apply:
+            _note_waits(result, up_client)
     if decl.sentry is None:
         result.notes.append("Sentry: no healthcheck_sentry_auth_token; skipped")
     else:
@@ -105,14 +107,27 @@ def sync(
         else:  # pragma: no cover
             continue
         result.done.append(f"[{a.service}] {PAST[a.kind]} {a.what}{a_detail}")
+    _note_waits(result, up_client)
     return result
+
+
+def _note_waits(result: SyncResult, client: UptimeRobotClient | None) -> None:
+    """Say how long the sync waited for UptimeRobot's rate limit (and that it did)."""
+    if client is None or not client.api.waits:
+        return
+    api = client.api
+    limit = f"{api.limit} requests a window" if api.limit else "its rate limit"
+    result.notes.append(
+        f"UptimeRobot: paced by its rate limit ({limit}): waited {len(api.waits)} time(s), "
+        f"{api.waited:.1f} s in all"
+    )
 
 
 def format_sync(result: SyncResult, *, verbose: bool = False) -> str:
     """What a person reads: one line per action (unchanged ones with verbose), then totals."""
     lines = []
     for a in result.actions:
-        if a.kind == "ok" and not verbose:
+        if a.kind == "ok" and not verbose and "adopted" not in a.detail:
             continue
         label = "CONFLICT" if a.kind == "conflict" else a.kind
         detail = f"  {a.detail}" if a.detail else ""

@@ -9,12 +9,18 @@ start "the app". Tests run in file order and share the hosts.
 from __future__ import annotations
 
 import json
+import os
+import random
 import shlex
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
+from opskit.clients.sentry import SentryClient
 from opskit.clients.uptimerobot import UptimeRobotClient
 from opskit.core.inventory import load_inventory
 from opskit.core.runner import provision_work, run_on_hosts
@@ -25,8 +31,9 @@ from opskit.lab.nspawn import exec_in
 from opskit.lab.spec import LabSpec, gateway_ip
 from opskit.monitoring.declared import declared
 from opskit.monitoring.releases import sentry_release
+from opskit.monitoring.rules import default_rules
 from opskit.monitoring.sync import sync
-from tests.integration.conftest import inv, write_inventory
+from tests.integration.conftest import LAB_INVENTORY, REPO, inv, write_inventory
 
 ROLES = ["healthcheck", "papertrail"]
 HEALTH_PORT = 3999
@@ -146,7 +153,12 @@ def mon(tmp_path_factory, lab_spec):
             done = exec_in(lab_spec, h.name, ["systemctl", "start", "postgresql"])
             assert done.returncode == 0, done.stderr
             started.append(h)
+    # The UptimeRobot stand-in keeps the free plan's 10 requests and its real headers; only the
+    # window is shortened from 60 s to 5 s so that the paced syncs below take seconds.
+    limits = labsvc.inbox_dir(lab_spec, "uptimerobot") / "limits.json"
+    limits.write_text(json.dumps({"rate": 10, "window": 5}))
     yield lab_spec, path, inventory, web
+    limits.unlink(missing_ok=True)
     for h in started:
         if "postgresql" not in h.roles:
             exec_in(lab_spec, h.name, ["systemctl", "stop", "postgresql"])
@@ -471,6 +483,135 @@ def test_11_receiver_with_the_wrong_certificate_gets_nothing(mon, tmp_path):
     # Back to the right receiver: the queued line is delivered, nothing was lost.
     provision(load_inventory(path), [host.name])
     assert _wait_for(spec, "syslog", token, timeout=30.0)
+
+
+def _sentry(spec):
+    token = Secret(labsvc.ensure_lab_secrets(spec)["SENTRY_AUTH_TOKEN"])
+    return SentryClient(token, "opskit-lab", "app", base_url=labsvc.service_url(spec, "sentry"))
+
+
+def test_11b_sentry_rules_adopted_paged_and_settled(mon, tmp_path):
+    """An identical rule made by hand is adopted (Sentry would refuse a copy), opskit's rules sit
+    on later pages of the Link-paginated list, Sentry's labels do not count: the second
+    `--apply` plans nothing."""
+    spec, path, _, _ = mon
+    sentry = _sentry(spec)
+    threshold = random.randint(1000, 99999)
+    changed = make_inventory(tmp_path, spec, top={"healthcheck_sentry_event_threshold": threshold})
+    inventory_vars = {
+        "healthcheck_sentry_event_threshold": threshold,
+        "healthcheck_sentry_event_interval": "5m",
+        "healthcheck_sentry_action_interval_minutes": 30,
+    }
+    [_, busy] = default_rules(inventory_vars)
+    hand = sentry.create_rule({**busy, "name": f"hand-made: busy {threshold}"})
+    base = random.randint(100, 40000)
+    fillers = [
+        sentry.create_rule({**busy, "name": f"filler {i}", "frequency": base + i}) for i in range(7)
+    ]
+    try:
+        first_page = [r["name"] for r in sentry.api.json("GET", sentry._rules)]
+        assert not any(n.startswith("opskit: ") for n in first_page)  # ours: page 2 or later
+        applied = inv("monitoring.sync", "-i", str(changed), "--apply", "--verbose")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert f"adopted: identical to rule 'hand-made: busy {threshold}'" in applied.stdout
+        created = [
+            i
+            for i in labsvc.read_inbox(spec, "sentry")
+            if i.get("kind") == "rule" and str(threshold) in i.get("name", "")
+        ]
+        assert [i["action"] for i in created] == ["create"]  # only the hand-made one
+        again = inv("monitoring.sync", "-i", str(changed), "--apply")
+        assert again.returncode == 0 and "nothing to change" in again.stdout, again.stdout
+        listed = {r["id"]: r for r in sentry.rules()}
+        assert listed[hand["id"]]["name"] == f"hand-made: busy {threshold}"  # untouched
+        assert all(c.get("name") for r in listed.values() for c in r["conditions"])
+    finally:
+        for r in [hand, *fillers]:
+            sentry.delete_rule(r["id"])
+    assert inv("monitoring.sync", "-i", str(path), "--apply").returncode == 0
+    assert "nothing to change" in inv("monitoring.sync", "-i", str(path)).stdout
+
+
+def test_11c_free_plan_sync_of_two_apps_paced_killed_and_resumed(mon, tmp_path):
+    """Two apps' monitors on the free plan's 10 requests a window: the sync waits for the
+    limit (and says how long) instead of failing; killed midway and run again, it ends with
+    exactly the declared monitors."""
+    spec, path, _, _ = mon
+    api = _api(spec)
+    run = uuid.uuid4().hex[:6]
+    declared_monitors = [
+        {"name": f"{app} {run} {what}", "type": "HTTP", "url": f"http://{app}.example/{what}"}
+        for app in ("shop", "blog")
+        for what in ("home", "health", "login", "cart", "search")
+    ]
+    two_apps = make_inventory(
+        tmp_path, spec, web={"healthcheck_uptimerobot_monitors": declared_monitors}
+    )
+    # A window long enough that the rerun below starts inside the one the killed run used up.
+    limits = labsvc.inbox_dir(spec, "uptimerobot") / "limits.json"
+    limits.write_text(json.dumps({"rate": 10, "window": 20}))
+    command = [sys.executable, "-m", "invoke", "monitoring.sync", "-i", str(two_apps), "--apply"]
+    env = {**os.environ, "OPSKIT_INVENTORY": str(LAB_INVENTORY)}
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    made: list[dict] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        made = [
+            i
+            for i in labsvc.read_inbox(spec, "uptimerobot")
+            if i.get("action") == "create" and run in i["monitor"]["friendlyName"]
+        ]
+        if len(made) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sync finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert 3 <= len(made) < len(declared_monitors)
+    resumed = inv("monitoring.sync", "-i", str(two_apps), "--apply")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "paced by its rate limit (10 requests a window): waited" in resumed.stdout
+    assert " s in all" in resumed.stdout
+    assert "waiting" in resumed.stderr  # said while it waited, with the seconds
+    limits.write_text(json.dumps({"rate": 10, "window": 5}))
+    ours = [m for m in api.monitors() if "opskit" in {t["name"] for t in m["tags"]}]
+    assert sorted(m["friendlyName"] for m in ours) == sorted(m["name"] for m in declared_monitors)
+    again = inv("monitoring.sync", "-i", str(two_apps), "--detailed-exitcode")
+    assert again.returncode == 0 and "nothing to change" in again.stdout, again.stdout
+    assert inv("monitoring.sync", "-i", str(path), "--apply").returncode == 0
+
+
+def test_11d_a_health_body_with_slack_control_characters_arrives_escaped(mon, tmp_path):
+    spec, path, _, web = mon
+    host = load_inventory(path).host(web[0])
+    serve = (
+        "mkdir -p /run/opskit-test-body && printf '%s' '<!channel> & <b>' "
+        "> /run/opskit-test-body/health && systemd-run --unit opskit-test-body "
+        "python3 -m http.server 3998 --bind 127.0.0.1 --directory /run/opskit-test-body"
+    )
+    assert exec_in(spec, host.name, ["sh", "-c", serve]).returncode == 0
+    body = load_inventory(
+        make_inventory(
+            tmp_path, spec, web={"healthcheck_health_url": "http://127.0.0.1:3998/health"}
+        )
+    )
+    try:
+        provision(body, [host.name])
+        time.sleep(0.5)
+        before = len(slack_from(spec, host.address))
+        done = check(str(body.path), host.name)
+        assert "CRITICAL http" in done.stdout and "slack: sent alert" in done.stdout, done.stdout
+        [alert] = slack_from(spec, host.address)[before:]
+        sent = json.dumps(alert["payload"])
+        assert "&lt;!channel&gt; &amp; &lt;b&gt;" in sent and "<!channel>" not in sent
+        assert alert["mentions"] == []  # Slack would ping nobody
+    finally:
+        exec_in(spec, host.name, ["systemctl", "stop", "opskit-test-body"])
+        provision(load_inventory(path), [host.name])
+    assert "slack: sent recovered" in check(path, host.name).stdout
 
 
 def test_12_cron_runs_the_check(mon, tmp_path):

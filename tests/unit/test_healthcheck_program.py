@@ -229,3 +229,41 @@ def test_the_laptop_runs_what_the_role_installs():
     script = check_script(alert=False)
     assert f"{SCRIPT} --json --no-alert" in script and "exit 4" in script
     assert tuple(hc.ExitCode) == (0, 1, 2, 3)
+
+
+def test_a_health_body_with_slack_control_characters_arrives_escaped():
+    """A health endpoint answering `<!channel> & <b>`: the alert quotes it, escaped as Slack
+    asks, so the Slack stand-in (which parses text as Slack does) shows it and pings nobody."""
+    import http.server
+    import threading
+
+    from opskit.lab.standins.inbox import render_slack, slack_texts
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!channel> & <b>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/health"
+        got = hc.check_http({"url": url, "keyword": "healthy"}, 5)  # type: ignore[typeddict-item]
+    finally:
+        server.shutdown()
+    assert got[hc.Key.LEVEL] == "critical" and "<!channel> & <b>" in got[hc.Key.SUMMARY]
+    msg = hc.message(config(), "alert", "critical", hc.problems_of([got]), [got], None, [])
+    sent = json.dumps(msg)
+    assert "<!channel>" not in sent and "&lt;!channel&gt; &amp; &lt;b&gt;" in sent
+    [field] = msg["attachments"][0]["fields"]
+    shown, mentions = render_slack(field["value"])
+    assert "<!channel> & <b>" in shown and mentions == []
+    assert all(render_slack(t)[1] == [] for t in slack_texts(msg))
+    # Unescaped, the same text would have pinged the channel: the stand-in sees that too.
+    assert render_slack("<!channel> & <b>")[1] == ["@channel"]

@@ -520,3 +520,65 @@ def test_runs_without_opskit_and_imports_without_boto3(tmp_path):
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert out.returncode == 0 and out.stdout == "('dump', 1, 2)\n", out.stderr
+
+
+def test_the_slack_alert_text_is_escaped(tmp_path, monkeypatch):
+    """An error quoting a server (`<!here> & <b>`) can neither ping nor link in Slack."""
+    cfg = program.parse_config(json.dumps({**config(tmp_path), "slack_webhook": "http://x/h"}))
+    sent: list[bytes] = []
+    monkeypatch.setattr(program, "http", lambda url, data, timeout: sent.append(data) or 200)
+    assert program.alert(cfg, "pg_dump: <!here> & <b>", program.Reporter([])) == "sent"
+    [payload] = [json.loads(s) for s in sent]
+    assert payload == {"text": "pg_dump: &lt;!here&gt; &amp; &lt;b&gt;"}
+
+
+@pytest.mark.parametrize("chunk_mib", [5, 12])
+def test_a_multipart_upload_whose_part_size_is_not_8_mib_verifies(moto_url, tmp_path, chunk_mib):
+    """boto3 raises the part size for big files (10,000 parts at most): the check derives the
+    parts from the object (GetObjectAttributes), never from an assumed 8 MiB."""
+    cfg = program.parse_config(
+        json.dumps({**config(tmp_path, endpoint=moto_url), "verify_upload": "checksum"})
+    )
+    client = program.s3_client(cfg)
+    bucket = f"unit-parts-{chunk_mib}"
+    client.create_bucket(Bucket=bucket)
+    path = tmp_path / "dump"
+    data = os.urandom(26 * 1024 * 1024 + 7)
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    chunk = chunk_mib * 1024 * 1024
+    client.upload_file(
+        str(path),
+        bucket,
+        "k",
+        ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha}},
+        Config=TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk),
+    )
+    kind, sizes = program.object_parts(client, bucket, "k", len(data))
+    assert sizes[0] == chunk and sum(sizes) == len(data) and len(sizes) == -(-len(data) // chunk)
+    assert kind == "COMPOSITE"
+    head = client.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert not program.same_s3_checksum(head["ChecksumSHA256"], program.s3_sha256(str(path)))
+    cfg = {**cfg, "s3": {**cfg["s3"], "bucket": bucket}}
+    rep = program.Reporter([])
+    assert program.verify_upload(cfg, client, str(path), "k", len(data), sha, rep) == "s3-sha256"
+
+
+def test_parts_from_head_when_get_object_attributes_is_not_allowed(tmp_path):
+    data = b"abcdefghij"
+    (tmp_path / "f").write_bytes(data)
+
+    class Client(FakeS3):
+        def get_object_attributes(self, **kwargs: Any) -> dict[str, Any]:
+            raise PermissionError("AccessDenied")
+
+        def head_object(self, **kwargs: Any) -> dict[str, Any]:
+            if kwargs.get("PartNumber") == 1:
+                return {"ContentLength": 4, "PartsCount": 3}
+            return super().head_object(**kwargs)
+
+    kind, sizes = program.object_parts(Client(data, {}), "b", "k", len(data))
+    assert (kind, sizes) == ("COMPOSITE", [4, 4, 2])
+    assert program.expected_s3_sha256(str(tmp_path / "f"), kind, sizes) == program.s3_sha256(
+        str(tmp_path / "f"), part_size=4
+    )

@@ -214,7 +214,7 @@ def test_429_of_a_post_is_retried_but_a_500_is_not():
 @responses.activate
 def test_a_long_retry_after_is_an_error_that_says_so():
     responses.get(f"{UR}/monitors", status=429, headers={"Retry-After": "3600"})
-    with pytest.raises(ApiError, match="wait 3600 s"):
+    with pytest.raises(ApiError, match="waiting 3600 s more would exceed the wait budget"):
         UptimeRobotClient(KEY, base_url=UR, sleep=lambda s: None).monitors()
 
 
@@ -360,3 +360,147 @@ def test_sentry_release_and_deploy_for_inv_deploy(tmp_path):
 def test_sentry_release_is_none_without_sentry(tmp_path):
     text = INV.replace("{secret: SENTRY_AUTH_TOKEN}", '""')
     assert sentry_release(load(tmp_path, text), "abc") is None
+
+
+# --- as the real services answer (issue 15) ----------------------------------------------------
+
+
+def labelled(rule, rule_id):
+    """A rule as real Sentry answers it: a "name" label on every node, a "uuid" on actions, and
+    fields opskit never sends (src/sentry/api/serializers/models/rule.py)."""
+    return {
+        **rule,
+        "id": rule_id,
+        "conditions": [{**c, "name": "label"} for c in rule["conditions"]],
+        "actions": [{**a, "name": "label", "uuid": "u-1"} for a in rule["actions"]],
+        "filters": [],
+        "environment": None,
+        "owner": None,
+        "createdBy": None,
+        "dateCreated": "2026-01-01T00:00:00Z",
+        "projects": ["app"],
+        "status": "active",
+        "snooze": False,
+    }
+
+
+def test_rules_as_sentry_answers_them_plan_nothing():
+    s = sentry_settings()
+    have = [labelled(s.rules[0], "1"), labelled(s.rules[1], "2")]
+    assert [(a.kind, a.detail) for a in plan_rules(s, have)] == [("ok", ""), ("ok", "")]
+    # A string where opskit sent a number (a form value) is the same value.
+    cond = {**have[1]["conditions"][0], "value": "10"}
+    assert [a.kind for a in plan_rules(s, [have[0], {**have[1], "conditions": [cond]}])] == [
+        "ok",
+        "ok",
+    ]
+    cond = {**cond, "value": "11"}
+    [_, changed] = plan_rules(s, [have[0], {**have[1], "conditions": [cond]}])
+    assert (changed.kind, changed.detail) == ("update", "changed: conditions")
+
+
+def test_an_identical_rule_of_someone_else_is_adopted_and_one_of_ours_renamed():
+    s = sentry_settings()
+    theirs = labelled({**s.rules[0], "name": "Send a notification for new issues"}, "7")
+    ours_old = labelled({**s.rules[1], "name": "opskit: old name"}, "8")
+    actions = plan_rules(s, [theirs, ours_old])
+    assert [(a.kind, a.ident) for a in actions] == [("ok", "7"), ("update", "8")]
+    assert actions[0].detail.startswith("adopted: identical to rule 'Send a notification")
+    assert actions[1].body["name"] == "opskit: more than 10 events in 5m"
+    assert "adopted" in format_sync(sync.__globals__["SyncResult"](actions, False))
+
+
+@responses.activate
+def test_sentry_rules_follow_link_pagination():
+    base = f"{SENTRY}/api/0/projects/acme/app/rules/"
+
+    def link(cursor, more):
+        return (
+            f'<{base}?&cursor=0:0:1>; rel="previous"; results="false"; cursor="0:0:1", '
+            f'<{base}?&cursor={cursor}>; rel="next"; results="{more}"; cursor="{cursor}"'
+        )
+
+    responses.get(
+        base,
+        match=[responses.matchers.query_param_matcher({})],
+        json=[{"id": "3"}],
+        headers={"Link": link("0:1:0", "true")},
+    )
+    responses.get(
+        base,
+        match=[responses.matchers.query_param_matcher({"cursor": "0:1:0"})],
+        json=[{"id": "2"}],
+        headers={"Link": link("0:2:0", "true")},
+    )
+    responses.get(
+        base,
+        match=[responses.matchers.query_param_matcher({"cursor": "0:2:0"})],
+        json=[{"id": "1"}],
+        headers={"Link": link("0:3:0", "false")},
+    )
+    client = SentryClient(TOKEN, "acme", "app", base_url=SENTRY)
+    assert [r["id"] for r in client.rules()] == ["3", "2", "1"]
+    assert all(c.request.headers["Authorization"] == f"Bearer {TOKEN}" for c in responses.calls)
+
+
+class Clock:
+    def __init__(self):
+        self.now, self.slept = 1_000_000.0, []
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@responses.activate
+def test_uptimerobot_paces_itself_by_the_rate_limit_headers():
+    clock = Clock()
+    used_up = {
+        "X-RateLimit-Limit": "10",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(clock.now) + 42),
+    }
+    responses.get(f"{UR}/user/alert-contacts", json=[], headers=used_up)
+    responses.get(f"{UR}/monitors", json={"data": [], "nextLink": None})
+    client = UptimeRobotClient(KEY, base_url=UR, sleep=clock.sleep, clock=lambda: clock.now)
+    client.alert_contacts()
+    assert clock.slept == []
+    client.monitors()  # waits for the window's reset first: never refused
+    assert clock.slept == [42.0] and client.api.limit == 10
+    assert client.api.waits == [(42.0, "rate limit of 10 requests a window used up")]
+
+
+@responses.activate
+def test_uptimerobot_waits_out_429s_within_a_budget_then_says_so():
+    clock = Clock()
+    for _ in range(6):  # more 429s than the attempts of other errors
+        responses.get(f"{UR}/monitors", status=429, headers={"Retry-After": "20"})
+    responses.get(f"{UR}/monitors", json={"data": [{"id": 1}], "nextLink": None})
+    client = UptimeRobotClient(KEY, base_url=UR, sleep=clock.sleep, clock=lambda: clock.now)
+    assert client.monitors() == [{"id": 1}] and clock.slept == [20.0] * 6
+    responses.get(f"{UR}/user/alert-contacts", status=429, headers={"Retry-After": "60"})
+    small = UptimeRobotClient(
+        KEY, base_url=UR, sleep=clock.sleep, clock=lambda: clock.now, wait_budget=100
+    )
+    with pytest.raises(ApiError, match="would exceed the wait budget of 100 s") as info:
+        for _ in range(3):
+            small.alert_contacts()
+    assert str(KEY) not in str(info.value)
+
+
+@responses.activate
+def test_a_paced_sync_says_how_long_it_waited(tmp_path):
+    clock = Clock()
+    s = settings(HOME)
+    headers = {
+        "X-RateLimit-Limit": "10",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(clock.now) + 7),
+    }
+    responses.get(f"{UR}/user/alert-contacts", json=[], headers=headers)
+    responses.get(f"{UR}/monitors", json={"data": [], "nextLink": None})
+    decl = sync.__globals__["Declared"](s, None)
+    result = sync(decl, retry={"sleep": clock.sleep, "clock": lambda: clock.now})
+    assert "UptimeRobot: paced by its rate limit (10 requests a window): waited 1 time(s), " in (
+        format_sync(result)
+    )

@@ -361,11 +361,26 @@ def test_papertrail_forwards_over_verified_tls(tmp_path):
     assert set(service.restart_on) == {f"file:{p}" for p in files}
 
 
-def test_papertrail_without_ca_file_uses_the_system_store(tmp_path):
+def test_papertrail_without_ca_file_uses_papertrails_own_bundle(tmp_path):
+    """As Papertrail's setup documents it: its bundle (papertrail-bundle.pem), not every CA."""
     resources = role("papertrail").resources(pt_vars(tmp_path, papertrail_ca_file=""))
     conf = next(r for r in resources if r.id.endswith("papertrail.conf"))
-    assert 'StreamDriver.CAFile="/etc/ssl/certs/ca-certificates.crt"' in conf.content
+    assert 'StreamDriver.CAFile="/etc/ssl/opskit/papertrail-bundle.pem"' in conf.content
     assert "imfile" not in conf.content  # no app on this host
+    [fetch] = [r for r in resources if r.id == "command:papertrail CA bundle"]
+    assert "https://papertrailapp.com/tools/papertrail-bundle.pem" in fetch.command
+    assert "--proto =https" in fetch.command and "BEGIN CERTIFICATE" in fetch.command
+    assert fetch.creates == "/etc/ssl/opskit/papertrail-bundle.pem"
+    [service] = [r for r in resources if r.id == "service:rsyslog"]
+    assert fetch.id in service.restart_on
+
+
+def test_papertrail_with_neither_uses_the_system_store_only_when_asked(tmp_path):
+    v = pt_vars(tmp_path, papertrail_ca_file="", papertrail_ca_url="")
+    resources = role("papertrail").resources(v)
+    conf = next(r for r in resources if r.id.endswith("papertrail.conf"))
+    assert 'StreamDriver.CAFile="/etc/ssl/certs/ca-certificates.crt"' in conf.content
+    assert not [r for r in resources if r.id.startswith("command:")]
 
 
 @pytest.mark.parametrize(

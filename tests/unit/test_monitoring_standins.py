@@ -167,3 +167,77 @@ def test_syslog_receiver_keeps_tls_lines_and_reports_refused_handshakes(tmp_path
     [line] = [json.loads(x) for x in (tmp_path / "inbox.jsonl").read_text().splitlines()]
     assert (line["host"], line["app"], line["msg"]) == ("web1", "app", "hello")
     assert (tmp_path / "errors.jsonl").read_text().strip()
+
+
+# --- as the vendors behave (issue 15) ----------------------------------------------------------
+
+
+def test_uptimerobot_stand_in_enforces_the_free_plan_by_default_with_real_headers(tmp_path):
+    store = ur_svc.Store(tmp_path, "http://127.0.0.1:8026", rate=10)
+    assert store.limits() == (10, 60.0)  # the free plan: 10 requests a minute
+    server = serve(ThreadingHTTPServer(("127.0.0.1", 0), ur_svc.make_handler(store, KEY, 50)))
+    url = f"http://127.0.0.1:{server.server_port}/v3/monitors"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    got = [requests.get(url, headers=auth, timeout=5) for _ in range(11)]
+    server.shutdown()
+    assert [r.status_code for r in got] == [200] * 10 + [429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in got[:10]] == [
+        str(n) for n in range(9, -1, -1)
+    ]
+    assert all(r.headers["X-RateLimit-Limit"] == "10" for r in got)
+    reset = int(got[0].headers["X-RateLimit-Reset"])
+    assert time.time() + 55 < reset <= time.time() + 61
+    assert 55 <= int(got[10].headers["Retry-After"]) <= 60
+
+
+def test_a_paced_client_never_gets_a_429_from_the_stand_in(tmp_path):
+    (tmp_path / "limits.json").write_text(json.dumps({"rate": 3, "window": 2}))
+    store = ur_svc.Store(tmp_path, "http://127.0.0.1:8026", rate=10)
+    server = serve(ThreadingHTTPServer(("127.0.0.1", 0), ur_svc.make_handler(store, KEY, 2)))
+    client = UptimeRobotClient(KEY, base_url=f"http://127.0.0.1:{server.server_port}/v3")
+    started = time.monotonic()
+    for i in range(7):
+        client.create_monitor(
+            {"friendlyName": f"m{i}", "type": "HTTP", "url": "https://e.example/", "interval": 300}
+        )
+    server.shutdown()
+    assert time.monotonic() - started >= 2.0  # two windows used up: it waited for the resets
+    assert client.api.retries == 0 and len(client.api.waits) == 2  # paced, never refused
+    assert all(why.startswith("rate limit of 3 requests") for _, why in client.api.waits)
+
+
+def test_sentry_stand_in_labels_pages_and_refuses_exact_duplicates(sentry):
+    url, _ = sentry
+    client = SentryClient(Secret("tok"), "acme", "app", base_url=url)
+    body = {
+        "name": "opskit: more",
+        "frequency": 30,
+        "actionMatch": "all",
+        "conditions": [
+            {
+                "id": "sentry.rules.conditions.event_frequency.EventFrequencyCondition",
+                "value": 10,
+                "interval": "5m",
+            }
+        ],
+        "actions": [{"id": "sentry.mail.actions.NotifyEmailAction", "targetType": "IssueOwners"}],
+    }
+    made = client.create_rule(body)
+    assert made["conditions"][0]["name"] == "The issue is seen more than 10 times in 5m"
+    assert made["actions"][0]["name"] and made["actions"][0]["uuid"]
+    with pytest.raises(
+        ApiError, match="HTTP 400 name: This rule is an exact duplicate of 'opskit: more'"
+    ):
+        client.create_rule({**body, "name": "another name"})
+    for i in range(7):  # more than two pages of 3
+        client.create_rule({**body, "name": f"filler {i}", "frequency": 40 + i})
+    page1 = requests.get(
+        f"{url}/api/0/projects/acme/app/rules/", headers={"Authorization": "Bearer tok"}, timeout=5
+    )
+    assert len(page1.json()) == 3 and 'rel="next"; results="true"' in page1.headers["Link"]
+    rules = client.rules()
+    assert len(rules) == 8 and rules[-1]["id"] == made["id"]  # newest first: ours on page 3
+    # Renaming to a duplicate of another rule is refused too; the same rule may be PUT again.
+    client.update_rule(made["id"], body)
+    with pytest.raises(ApiError, match="exact duplicate of 'filler 0'"):
+        client.update_rule(made["id"], {**body, "frequency": 40})

@@ -10,8 +10,16 @@ Slack (``POST /services/T…/B…/<token>``) answers as Slack documents it
 https://api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks; rate limits:
 https://api.slack.com/docs/rate-limits): 200 ``ok``; 400
 ``invalid_payload`` (body not JSON or not an object), 400 ``no_text`` (none of text, blocks,
-attachments), 404 ``no_service`` (path not a webhook path), 429 with ``Retry-After`` over about one
-message per second (bursts of 5 tolerated). Heartbeat (``GET|POST|HEAD /<token>``) answers 200.
+attachments), 400 ``too_many_attachments`` (more than 100), 404 ``no_service`` (path not a webhook
+path), 429 with ``Retry-After`` over about one message per second (bursts of 5 tolerated).
+Heartbeat (``GET|POST|HEAD /<token>``) answers 200.
+
+What Slack would show is kept beside the payload (``rendered``: the text as a reader sees it, and
+``mentions``: what would notify people), parsed as Slack parses message text
+(https://api.slack.com/reference/surfaces/formatting): ``<!channel>``, ``<!here>``,
+``<!everyone>`` ping, ``<@U…>`` mentions a user, ``<url|label>`` links, and only ``&amp;``,
+``&lt;``, ``&gt;`` are entities. A text that arrives escaped renders as the plain characters and
+pings nobody.
 
 Faults for tests: if ``DIR/faults.json`` holds ``{"status": 429, "count": 2, "retry_after": 1}``,
 the next ``count`` requests get that status (and ``Retry-After``) and are not kept.
@@ -27,6 +35,56 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+SLACK_CONTROL = re.compile(r"<([^<>]*)>")
+MAX_ATTACHMENTS = 100
+
+
+def render_slack(text: str) -> tuple[str, list[str]]:
+    """(what Slack shows for `text`, the mentions in it that notify people).
+
+    >>> render_slack("<!channel> & <b>")
+    ('@channel & ', ['@channel'])
+    >>> render_slack("&lt;!channel&gt; &amp; &lt;b&gt;")
+    ('<!channel> & <b>', [])
+    >>> render_slack("see <https://x.example/a|the runbook>")
+    ('see the runbook', [])
+    """
+    mentions: list[str] = []
+
+    def control(m: re.Match[str]) -> str:
+        inner = m.group(1)
+        target, _, label = inner.partition("|")
+        if target.startswith("!"):
+            name = target[1:].split("^")[0]
+            if name in ("channel", "here", "everyone"):
+                mentions.append(f"@{name}")
+                return f"@{name}"
+            return label or ""
+        if target.startswith(("@", "#")):
+            if target.startswith("@"):
+                mentions.append(target)
+            return label or target
+        if "://" in target or target.startswith("mailto:"):
+            return label or target
+        return ""  # not a control sequence Slack knows: dropped
+
+    shown = SLACK_CONTROL.sub(control, text)
+    shown = shown.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return shown, mentions
+
+
+def slack_texts(payload: dict[str, Any]) -> list[str]:
+    """Every text of a payload Slack parses: text, and the attachments' text fields."""
+    out = [str(payload.get("text") or "")]
+    for a in payload.get("attachments") or []:
+        if isinstance(a, dict):
+            out += [str(a.get(k) or "") for k in ("pretext", "title", "text")]
+            for f in a.get("fields") or []:
+                if isinstance(f, dict):
+                    out += [str(f.get("title") or ""), str(f.get("value") or "")]
+    return [t for t in out if t]
+
 
 SLACK_PATH = re.compile(r"^/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+$")
 HEARTBEAT_PATH = re.compile(r"^/[A-Za-z0-9_-]+$")
@@ -165,11 +223,20 @@ def make_handler(kind: str, inbox: Inbox) -> type[BaseHTTPRequestHandler]:
             if not any(payload.get(k) for k in ("text", "blocks", "attachments")):
                 self.reply(400, "no_text")
                 return
+            attachments = payload.get("attachments") or []
+            if not isinstance(attachments, list) or len(attachments) > MAX_ATTACHMENTS:
+                self.reply(400, "too_many_attachments")
+                return
+            rendered, mentions = render_slack(str(payload.get("text") or ""))
+            for other in slack_texts(payload)[1:]:
+                mentions += render_slack(other)[1]
             inbox.keep(
                 {
                     "time": time.time(),
                     "webhook": self.path.rsplit("/", 1)[0],
                     "payload": payload,
+                    "rendered": rendered,
+                    "mentions": mentions,
                     "from": self.client_address[0],
                 }
             )

@@ -17,7 +17,19 @@ Web API (``Authorization: Bearer <SENTRY_AUTH_TOKEN>``, else 401 ``{"detail": ..
   dateStarted?, dateFinished?}``: 201; 404 when the release does not exist.
 * ``GET|POST /api/0/projects/{org}/{project}/rules/``, ``GET|PUT|DELETE .../rules/{id}/`` (issue
   alert rules; ``name``, ``frequency`` 5-43200, ``actionMatch`` all/any/none, ``conditions`` and
-  ``actions`` lists of objects with an ``id``; DELETE answers 202).
+  ``actions`` lists of objects with an ``id``; DELETE answers 202). As real Sentry does it
+  (getsentry/sentry ``src/sentry/api/endpoints/project_rules.py``,
+  ``src/sentry/api/serializers/models/rule.py``; https://docs.sentry.io/api/pagination/):
+
+  - every condition, filter and action comes back with a ``name`` label added (its rendered
+    text), every action with a ``uuid``; what was posted is compared without them;
+  - the list is newest first (``order_by="-id"``) and paginated: ``--page-size`` rules a page
+    (Sentry: 100; small here so that tests cross pages), with a
+    ``Link: <...>; rel="previous"; results="..."; cursor="...", <...>; rel="next";
+    results="true|false"; cursor="..."`` header and ``?cursor=0:<offset>:0``;
+  - a new rule (or a changed one) that equals an existing rule in everything but its name is
+    refused with 400 ``{"name": ["This rule is an exact duplicate of '<name>' in this project and
+    may not be created."], "ruleId": [<id>]}`` (``DuplicateRuleEvaluator``).
 * Unknown organization or project: 404.
 
 Ingestion: ``POST /api/1/envelope/`` and ``/api/1/store/`` with the DSN's public key in
@@ -98,6 +110,51 @@ def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, An
             payload, _, rest = rest.partition(b"\n")
         items.append((item, payload))
     return header, items
+
+
+# The labels real Sentry renders for the conditions and actions opskit uses (rule classes'
+# ``label``; src/sentry/rules/conditions/*.py, src/sentry/mail/actions.py).
+LABELS = {
+    "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition": "A new issue is created",
+    "sentry.rules.conditions.event_frequency.EventFrequencyCondition": (
+        "The issue is seen more than {value} times in {interval}"
+    ),
+    "sentry.mail.actions.NotifyEmailAction": "Send a notification to {targetType}",
+}
+PAGE_SIZE = 3
+
+
+def label(node: dict[str, Any]) -> str:
+    """The ``name`` Sentry adds to a rule node.
+
+    >>> label({"id": "sentry.rules.conditions.event_frequency.EventFrequencyCondition",
+    ...        "value": 10, "interval": "5m"})
+    'The issue is seen more than 10 times in 5m'
+    """
+    text = LABELS.get(str(node.get("id")), str(node.get("id", "")).rsplit(".", 1)[-1])
+    try:
+        return text.format(**node)
+    except (KeyError, IndexError, ValueError):
+        return text
+
+
+def link_header(base: str, offset: int, size: int, total: int) -> str:
+    """Sentry's ``Link`` header for the page at ``offset``.
+
+    >>> link_header("http://s/r/", 3, 3, 7).split(", ")[1]
+    '<http://s/r/?&cursor=0:6:0>; rel="next"; results="true"; cursor="0:6:0"'
+    """
+    prev_c, next_c = f"0:{max(0, offset - size)}:1", f"0:{offset + size}:0"
+    return (
+        f'<{base}?&cursor={prev_c}>; rel="previous"; results="{str(offset > 0).lower()}"; '
+        f'cursor="{prev_c}", '
+        f'<{base}?&cursor={next_c}>; rel="next"; results="{str(offset + size < total).lower()}"; '
+        f'cursor="{next_c}"'
+    )
+
+
+def _bare(nodes: list[dict[str, Any]], drop: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in n.items() if k not in drop} for n in nodes]
 
 
 class Store:
@@ -223,7 +280,52 @@ class Store:
         rule.setdefault("filterMatch", "all")
         rule.setdefault("filters", [])
         rule.setdefault("environment", None)
+        # Stored as Sentry stores it (pre_save drops labels), answered with labels and uuids.
+        for key in ("conditions", "filters"):
+            rule[key] = [{**n, "name": label(n)} for n in _bare(rule[key], ("name",))]
+        rule["actions"] = [
+            {**n, "name": label(n), "uuid": str(uuid.uuid4())}
+            for n in _bare(rule["actions"], ("name", "uuid"))
+        ]
         return rule
+
+    def duplicate_of(self, rule: dict[str, Any], rule_id: str | None = None) -> None:
+        """400 when another rule equals `rule` in everything but the name (as Sentry does)."""
+
+        def key(r: dict[str, Any]) -> Any:
+            return (
+                r["frequency"],
+                r["actionMatch"],
+                r.get("filterMatch") or "all",
+                r.get("environment"),
+                _bare(r["conditions"], ("name",)),
+                _bare(r.get("filters") or [], ("name",)),
+                _bare(r["actions"], ("name", "uuid")),
+            )
+
+        for other_id, other in self.rules.items():
+            if other_id != rule_id and key(other) == key(rule):
+                raise ApiError(
+                    400,
+                    {
+                        "name": [
+                            f"This rule is an exact duplicate of '{other['name']}' in this "
+                            "project and may not be created."
+                        ],
+                        "ruleId": [int(other_id)],
+                    },
+                )
+
+    def rule_page(self, cursor: str | None, size: int) -> tuple[list[dict[str, Any]], int, int]:
+        """(rules at the cursor, newest first; offset; total)."""
+        offset = 0
+        if cursor:
+            try:
+                offset = max(0, int(cursor.split(":")[1]))
+            except (IndexError, ValueError):
+                raise ApiError(400, {"detail": "Invalid cursor parameter."}) from None
+        rules = sorted(self.rules.values(), key=lambda r: -int(r["id"]))
+        return rules[offset : offset + size], offset, len(rules)
 
     def rule(self, rule_id: str) -> dict[str, Any]:
         if rule_id not in self.rules:
@@ -232,6 +334,7 @@ class Store:
 
     def create_rule(self, body: Any) -> dict[str, Any]:
         rule = self.validate_rule(body)
+        self.duplicate_of(rule)
         rule.update(id=self.new_id(), dateCreated=now_iso(), projects=[self.project])
         self.rules[rule["id"]] = rule
         self.save()
@@ -241,6 +344,7 @@ class Store:
     def update_rule(self, rule_id: str, body: Any) -> dict[str, Any]:
         old = self.rule(rule_id)
         rule = self.validate_rule(body)  # PUT overwrites the whole rule
+        self.duplicate_of(rule, rule_id)
         rule.update(id=rule_id, dateCreated=old["dateCreated"], projects=old["projects"])
         self.rules[rule_id] = rule
         self.save()
@@ -278,7 +382,9 @@ class Store:
         return event_id
 
 
-def make_handler(store: Store, token: str, public_key: str) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    store: Store, token: str, public_key: str, page_size: int = PAGE_SIZE
+) -> type[BaseHTTPRequestHandler]:
     class Handler(JsonStandInHandler):
         server_version = "opskit-lab-sentry"
 
@@ -296,7 +402,10 @@ def make_handler(store: Store, token: str, public_key: str) -> type[BaseHTTPRequ
                         status, data = self.api(unquote(parts.path))
                         if status == 0:
                             status, data = self.api_with_body(unquote(parts.path), body)
-                        self.reply(status, data)
+                        if status == -1:  # the paginated rule list
+                            self.rule_list(parts.path, parse_qs(parts.query))
+                        else:
+                            self.reply(status, data)
                     elif re.fullmatch(r"/api/\d+/(envelope|store)/?", parts.path):
                         self.ingest(parts.path, parse_qs(parts.query), raw)
                     else:
@@ -318,7 +427,7 @@ def make_handler(store: Store, token: str, public_key: str) -> type[BaseHTTPRequ
                     return 200, store.releases[version]
                 raise ApiError(404, {"detail": "The requested resource does not exist"})
             if self.command == "GET" and path == rules_prefix:
-                return 200, list(store.rules.values())
+                return -1, None
             if path.startswith(rules_prefix) and path != rules_prefix:
                 rule_id = path[len(rules_prefix) :].rstrip("/")
                 if self.command == "GET":
@@ -327,6 +436,13 @@ def make_handler(store: Store, token: str, public_key: str) -> type[BaseHTTPRequ
                     store.delete_rule(rule_id)
                     return 202, None
             return 0, None
+
+        def rule_list(self, path: str, query: dict[str, list[str]]) -> None:
+            cursor = (query.get("cursor") or [""])[0]
+            rules, offset, total = store.rule_page(cursor, page_size)
+            host = self.headers.get("Host") or "localhost"
+            base = f"http://{host}{path}"
+            self.reply(200, rules, {"Link": link_header(base, offset, page_size, total)})
 
         def api_with_body(self, path: str, body: Any) -> tuple[int, Any]:
             org_prefix = f"/api/0/organizations/{store.org}/releases/"
@@ -389,13 +505,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--secrets", type=Path, required=True, help="the lab's secrets.env")
     parser.add_argument("--org", default="opskit-lab", help="organization slug")
     parser.add_argument("--project", default="app", help="project slug (id 1)")
+    parser.add_argument("--page-size", type=int, default=PAGE_SIZE, help="rules per page")
     args = parser.parse_args(argv)
     if args.listen in ("0.0.0.0", "::", ""):
         parser.error("refusing to listen on a wildcard address")
     values = read_secrets_file(args.secrets)
     public_key = urlsplit(values["SENTRY_DSN"]).username or ""
     store = Store(args.dir, args.org, args.project)
-    handler = make_handler(store, values["SENTRY_AUTH_TOKEN"], public_key)
+    handler = make_handler(store, values["SENTRY_AUTH_TOKEN"], public_key, args.page_size)
     server = ThreadingHTTPServer((args.listen, args.port), handler)
     server.daemon_threads = True
     server.serve_forever()

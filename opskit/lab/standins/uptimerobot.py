@@ -18,8 +18,16 @@ it (https://github.com/uptimerobot/terraform-provider-uptimerobot, ``internal/cl
   HEARTBEAT, ``assignedAlertContacts`` (``[{alertContactId, threshold, recurrence}]``, ids must
   exist), ``tagNames`` in requests and ``tags: [{id, name}]`` in answers; ``type`` cannot change.
   A heartbeat monitor's ``url`` is its heartbeat URL on the lab's heartbeat stand-in.
-* Errors: non-2xx with ``{"message", "code"}``; 429 with ``Retry-After`` and ``X-RateLimit-*``
-  when more than ``--rate`` requests arrive in a minute.
+* Errors: non-2xx with ``{"message", "code"}``.
+* Rate limit as on the free plan (https://uptimerobot.com/api/v3, "Rate limits": FREE 10
+  req/min, PRO monitor limit x 2 up to 5000): ``--rate`` requests (default 10) per ``--window``
+  seconds (default 60), a fixed window from its first request. Every answer carries
+  ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (epoch seconds at
+  which the window ends); a request over the limit gets 429 with ``Retry-After`` (seconds) and is
+  not served. Tests may shorten the window (never the default) with ``DIR/limits.json`` =
+  ``{"rate": 10, "window": 5}``, read at every request.
+* Pages of ``--page-size`` monitors (default 50, the page size UptimeRobot's API has documented
+  for monitor lists: v2 ``limit`` "default and max. is 50").
 
 State: ``DIR/state.json`` (monitors, next id). Every change (create, update, delete) is appended
 to ``DIR/inbox.jsonl`` so that ``inv lab.inbox`` shows what opskit did. Faults for tests:
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import secrets
 import threading
 import time
@@ -82,13 +91,15 @@ class ApiError(Exception):
 class Store:
     """Monitors and what was done to them; one lock, state saved after every change."""
 
-    def __init__(self, directory: Path, heartbeat_base: str, rate: int) -> None:
+    def __init__(
+        self, directory: Path, heartbeat_base: str, rate: int, period: float = 60.0
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.heartbeat_base = heartbeat_base.rstrip("/")
-        self.rate = rate
-        self.window: list[float] = []
+        self.rate, self.period = rate, period
+        self.window: list[float] = []  # the current window's requests
         path = self.dir / "state.json"
         state = json.loads(path.read_text()) if path.exists() else {}
         self.monitors: dict[int, dict[str, Any]] = {
@@ -110,14 +121,35 @@ class Store:
     def fault(self) -> tuple[int, int] | None:
         return consume_fault(self.dir)
 
-    def rate_limited(self) -> int | None:
-        """Seconds to wait when over the per-minute limit, else None (and count the call)."""
+    def limits(self) -> tuple[int, float]:
+        """(requests, window seconds): the defaults, or what ``limits.json`` says (tests)."""
+        path = self.dir / "limits.json"
+        if path.exists():
+            spec = json.loads(path.read_text() or "{}")
+            return int(spec.get("rate", self.rate)), float(spec.get("window", self.period))
+        return self.rate, self.period
+
+    def rate_limited(self) -> tuple[int | None, dict[str, str]]:
+        """(seconds to wait when over the limit, else None; the X-RateLimit-* headers); a
+        request within the limit is counted."""
+        rate, period = self.limits()
         now = time.time()
-        self.window = [t for t in self.window if now - t < 60]
-        if len(self.window) >= self.rate:
-            return max(1, int(60 - (now - self.window[0])) + 1)
-        self.window.append(now)
-        return None
+        if not self.window or now >= self.window[0] + period:
+            self.window = [now]  # a new fixed window starts with this request
+            wait = None
+        elif len(self.window) >= rate:
+            wait = max(1, math.ceil(self.window[0] + period - now))
+        else:
+            self.window.append(now)
+            wait = None
+        headers = {
+            "X-RateLimit-Limit": str(rate),
+            "X-RateLimit-Remaining": str(max(0, rate - len(self.window))),
+            "X-RateLimit-Reset": str(math.ceil(self.window[0] + period)),
+        }
+        if wait is not None:
+            headers["Retry-After"] = str(wait)
+        return wait, headers
 
     # --- monitors ------------------------------------------------------------------------
 
@@ -274,30 +306,23 @@ def make_handler(store: Store, api_key: str, page_size: int) -> type[BaseHTTPReq
                 if self.headers.get("Authorization") != f"Bearer {api_key}":
                     self.reply(401, {"message": "Unauthorized", "code": "UNAUTHORIZED"})
                     return
-                wait = store.rate_limited()
+                wait, limit = store.rate_limited()
                 if wait is not None:
-                    self.reply(
-                        429,
-                        {"message": "Too Many Requests", "code": "RATE_LIMITED"},
-                        {
-                            "Retry-After": str(wait),
-                            "X-RateLimit-Limit": str(store.rate),
-                            "X-RateLimit-Remaining": "0",
-                            "X-RateLimit-Reset": str(int(time.time()) + wait),
-                        },
-                    )
+                    self.reply(429, {"message": "Too Many Requests", "code": "RATE_LIMITED"}, limit)
                     return
                 try:
                     body = json.loads(raw) if raw else None
                 except ValueError:
-                    self.reply(400, {"message": "request body is not JSON", "code": "BAD_JSON"})
+                    self.reply(
+                        400, {"message": "request body is not JSON", "code": "BAD_JSON"}, limit
+                    )
                     return
                 try:
                     status, data = self.route(body)
                 except ApiError as exc:
-                    self.reply(exc.status, {"message": exc.message, "code": exc.code})
+                    self.reply(exc.status, {"message": exc.message, "code": exc.code}, limit)
                     return
-                self.reply(status, data)
+                self.reply(status, data, limit)
 
         def route(self, body: Any) -> tuple[int, Any]:
             parts = urlsplit(self.path)
@@ -343,13 +368,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", type=Path, required=True, help="state.json and inbox.jsonl")
     parser.add_argument("--secrets", type=Path, required=True, help="the lab's secrets.env")
     parser.add_argument("--heartbeat-base", required=True, help="base URL of heartbeat URLs")
-    parser.add_argument("--page-size", type=int, default=5, help="monitors per page")
-    parser.add_argument("--rate", type=int, default=120, help="requests per minute")
+    parser.add_argument("--page-size", type=int, default=50, help="monitors per page")
+    parser.add_argument("--rate", type=int, default=10, help="requests per window (free: 10)")
+    parser.add_argument("--window", type=float, default=60.0, help="window in seconds (60)")
     args = parser.parse_args(argv)
     if args.listen in ("0.0.0.0", "::", ""):
         parser.error("refusing to listen on a wildcard address")
     api_key = read_secrets_file(args.secrets)["UPTIMEROBOT_API_KEY"]
-    store = Store(args.dir, args.heartbeat_base, args.rate)
+    store = Store(args.dir, args.heartbeat_base, args.rate, args.window)
     handler = make_handler(store, api_key, args.page_size)
     server = ThreadingHTTPServer((args.listen, args.port), handler)
     server.daemon_threads = True
