@@ -551,8 +551,9 @@ def test_a_mirror_that_stays_unreachable_fails_after_three_tries(
 
 
 def test_a_host_name_running_in_another_lab_is_found(spec: LabSpec, tmp_path: Path) -> None:
-    # A process that looks like another lab's systemd-nspawn booting a host named web1.
-    other = tmp_path / "other-lab/hosts/web1/root"
+    # A process that looks like another lab's systemd-nspawn booting a host named zz9web1 (a
+    # name no real lab on this machine uses).
+    other = tmp_path / "other-lab/hosts/zz9web1/root"
     script = "import time; time.sleep(60)"
     fake = subprocess.Popen(
         ["systemd-nspawn", "-c", script, "-D", str(other), "--register=no"],
@@ -560,10 +561,10 @@ def test_a_host_name_running_in_another_lab_is_found(spec: LabSpec, tmp_path: Pa
     )
     try:
         deadline = time.monotonic() + 10
-        while nspawn.other_lab_host(spec, "web1") is None and time.monotonic() < deadline:
+        while nspawn.other_lab_host(spec, "zz9web1") is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert nspawn.other_lab_host(spec, "web1") == str(other)
-        assert nspawn.other_lab_host(spec, "db1") is None
+        assert nspawn.other_lab_host(spec, "zz9web1") == str(other)
+        assert nspawn.other_lab_host(spec, "zz9db1") is None
     finally:
         fake.kill()
         fake.wait()
