@@ -67,8 +67,10 @@ def lab_down(c, inventory=None):
 @task(help=H("inventory"))
 def lab_status(c, inventory=None):
     """Show each lab host: running or not, address, SSH reachable."""
-    rows = lifecycle.status(_lab_spec(inventory))
+    spec = _lab_spec(inventory)
+    rows = lifecycle.status(spec)
     _print_status(rows)
+    print(registry.apt_cache_line(spec))
     if any(not s.ssh_ready for s in rows):
         raise Exit(code=ExitStatus.HOST_FAILED)
 

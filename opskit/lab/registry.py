@@ -82,11 +82,67 @@ def _apt_proxy_argv(spec: LabSpec) -> list[str]:
         str(APT_PROXY.port),
         "--allow",
         *apt.machine_mirror_hosts(),
+        "--cache",
+        str(apt_cache_dir(spec)),
+        "--stats",
+        str(apt_cache_stats(spec)),
     ]
 
 
+def apt_cache_dir(spec: LabSpec) -> Path:
+    """Where the apt proxy keeps the package files it fetched (beside the base images)."""
+    return spec.cache_dir / "apt"
+
+
+def apt_cache_stats(spec: LabSpec) -> Path:
+    """The apt proxy's hits and misses since it started (JSON)."""
+    return spec.state_dir / "services" / "aptproxy-stats.json"
+
+
+def describe_apt_cache(stats: Mapping[str, int] | None, kept: int, where: Path) -> str:
+    """One line for `inv lab.status` about the apt proxy's package cache.
+
+    >>> describe_apt_cache({"hits": 3, "misses": 1, "hit_bytes": 3 << 20, "miss_bytes": 1 << 19},
+    ...                    40, Path("/c/apt"))
+    'apt cache: 3 hits (3.0 MiB not downloaded), 1 miss (0.5 MiB fetched); 40 packages in /c/apt'
+    >>> describe_apt_cache(None, 0, Path("/c/apt"))
+    'apt cache: no package fetched since the proxy started; 0 packages in /c/apt'
+    """
+    tail = f"{kept} packages in {where}"
+    if not stats:
+        return f"apt cache: no package fetched since the proxy started; {tail}"
+    hits, misses = stats.get("hits", 0), stats.get("misses", 0)
+    return (
+        f"apt cache: {hits} hit{'s' * (hits != 1)} "
+        f"({stats.get('hit_bytes', 0) / 2**20:.1f} MiB not downloaded), "
+        f"{misses} miss{'es' * (misses != 1)} ({stats.get('miss_bytes', 0) / 2**20:.1f} MiB "
+        f"fetched); {tail}"
+    )
+
+
+def apt_cache_line(spec: LabSpec) -> str:
+    """describe_apt_cache for this lab's proxy and the shared cache directory."""
+    where = apt_cache_dir(spec)
+    kept = sum(1 for _ in where.rglob("*.deb")) if where.is_dir() else 0
+    return describe_apt_cache(read_apt_cache_stats(spec), kept, where)
+
+
+def read_apt_cache_stats(spec: LabSpec) -> dict[str, int] | None:
+    """The apt proxy's counts (None: no package went through it since it started)."""
+    try:
+        data = json.loads(apt_cache_stats(spec).read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: int(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
 # Debian's mirrors, for the hosts' apt: http://<gateway>:3142 (apt-cacher-ng's port, the usual one).
-APT_PROXY = LabService("aptproxy", aptproxy.PORT, _apt_proxy_argv)
+APT_PROXY = LabService(
+    "aptproxy",
+    aptproxy.PORT,
+    _apt_proxy_argv,
+    prepare=lambda spec: apt_cache_stats(spec).unlink(missing_ok=True),
+)
 
 
 def _inbox_argv(kind: str) -> Callable[[LabSpec], list[str]]:

@@ -27,7 +27,7 @@ import yaml
 
 from opskit.core.inventory import Inventory, load_inventory
 from opskit.core.roles import REPO
-from opskit.lab import lifecycle
+from opskit.lab import lifecycle, registry
 from opskit.lab.nspawn import exec_in
 from opskit.lab.spec import LabSpec, gateway_ip, load_lab_spec
 from tests.integration.conftest import LAB_INVENTORY
@@ -125,6 +125,13 @@ def test_one_provision_makes_a_bare_server_right(bare_lab: Path) -> None:
     again = run_inv(bare_lab, "provision")
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
     assert summaries(again.stdout) == dict.fromkeys(rounds, (0, 1))
+
+    # The packages went through the lab's apt proxy, which kept them for the next bare host.
+    status = run_inv(bare_lab, "lab.status")
+    line = next(ln for ln in status.stdout.splitlines() if ln.startswith("apt cache: "))
+    print(line, file=sys.stderr)
+    counts = registry.read_apt_cache_stats(load_lab_spec(bare_lab)) or {}
+    assert counts.get("hits", 0) + counts.get("misses", 0) > 0, line
 
 
 def test_verify_passes_and_services_run_opskits_config(bare_lab: Path) -> None:

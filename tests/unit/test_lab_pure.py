@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -405,7 +406,10 @@ def test_apt_proxy_command_binds_the_gateway_and_allows_the_machine_mirrors(
     argv = registry.APT_PROXY.argv(spec)
     assert argv[:3] == [sys.executable, "-m", "opskit.lab.standins.aptproxy"]
     assert argv[argv.index("--listen") + 1] == "10.213.0.1"
-    assert argv[argv.index("--allow") + 1 :] == ["deb.debian.org", "m.example:8080"]
+    allowed = argv[argv.index("--allow") + 1 : argv.index("--cache")]
+    assert allowed == ["deb.debian.org", "m.example:8080"]
+    assert argv[argv.index("--cache") + 1] == str(spec.cache_dir / "apt")
+    assert argv[argv.index("--stats") + 1] == str(spec.state_dir / "services/aptproxy-stats.json")
     assert registry.APT_PROXY.address(spec) == "10.213.0.1"
 
 
@@ -568,3 +572,68 @@ def test_a_host_name_running_in_another_lab_is_found(spec: LabSpec, tmp_path: Pa
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_the_apt_proxy_keeps_package_files_and_counts_hits(tmp_path: Path) -> None:
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served: list[str] = []
+    deb = b"!<arch>\n" + os.urandom(200_000)
+
+    class Mirror(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.append(self.path)
+            body = deb if self.path.endswith(".deb") else b"index"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    mirror = ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    upstream = f"127.0.0.1:{mirror.server_address[1]}"
+    stats = tmp_path / "stats.json"
+    proxy = aptproxy.ProxyServer(
+        ("127.0.0.1", 0),
+        aptproxy.parse_allow([upstream]),
+        tmp_path / "apt",
+        stats,
+    )
+    for server in (mirror, proxy):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(path: str) -> tuple[int, bytes, str | None]:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.server_address[1], timeout=10)
+        conn.request("GET", f"http://{upstream}{path}")
+        resp = conn.getresponse()
+        out = (resp.status, resp.read(), resp.getheader("X-Cache"))
+        conn.close()
+        return out
+
+    try:
+        pkg = "/debian/pool/main/x/x_1.0_amd64.deb"
+        assert get(pkg) == (200, deb, None)  # a miss: fetched and kept
+        assert get(pkg) == (200, deb, "HIT")  # from the cache: the mirror is not asked
+        assert get("/debian/dists/bookworm/InRelease")[1] == b"index"
+        assert get("/debian/dists/bookworm/InRelease")[1] == b"index"  # indexes: always fetched
+        assert served == [pkg, "/debian/dists/bookworm/InRelease"] * 1 + [
+            "/debian/dists/bookworm/InRelease"
+        ]
+        counts = json.loads(stats.read_text())
+        assert counts == {
+            "hits": 1,
+            "misses": 1,
+            "hit_bytes": len(deb),
+            "miss_bytes": len(deb),
+        }
+        kept = list((tmp_path / "apt").rglob("*"))
+        assert [p.name for p in kept if p.is_file()] == ["x_1.0_amd64.deb"]  # no partial file
+    finally:
+        proxy.shutdown()
+        mirror.shutdown()
+        proxy.server_close()
+        mirror.server_close()

@@ -15,6 +15,13 @@ Run by ``opskit.lab.lifecycle.up`` (see ``opskit.lab.registry``)::
     python -m opskit.lab.standins.aptproxy --listen 10.213.0.1 --port 3142 --allow deb.debian.org
 
 It never listens on a wildcard address: ``--listen`` must be a concrete address (the bridge's).
+
+With ``--cache DIR`` it keeps every package file it fetched (``.deb`` under a mirror's ``/pool/``:
+Debian never changes a file of a given name there, a new version has a new name) and answers the
+next request for it from DIR, so a second bare provision of the same release downloads no
+package. Index files (``dists/...``) always go to the mirror. ``--stats FILE`` records the hits
+and misses (JSON), which ``inv lab.status`` shows. Several labs' proxies can share one DIR: a
+file appears there whole (written aside, then renamed) or not at all.
 """
 
 from __future__ import annotations
@@ -22,10 +29,16 @@ from __future__ import annotations
 import argparse
 import http.client
 import ipaddress
+import json
 import logging
+import os
 import sys
+import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 PORT = 3142
@@ -67,6 +80,41 @@ def parse_allow(entries: Iterable[str]) -> frozenset[tuple[str, int]]:
     return frozenset(allowed)
 
 
+def cacheable(host: str, path: str) -> str | None:
+    """The cache's file name for a package file of the mirror (None: not cached).
+
+    >>> cacheable("deb.debian.org", "/debian/pool/main/n/nginx/nginx_1.22.1-9_amd64.deb")
+    'deb.debian.org/debian/pool/main/n/nginx/nginx_1.22.1-9_amd64.deb'
+    >>> cacheable("deb.debian.org", "/debian/dists/bookworm/InRelease") is None
+    True
+    >>> cacheable("deb.debian.org", "/debian/pool/../../etc/passwd.deb") is None
+    True
+    """
+    parts = path.split("?", 1)[0].split("/")
+    if "pool" not in parts or not parts[-1].endswith(".deb") or ".." in parts or "" in parts[1:]:
+        return None
+    return "/".join([host, *parts[1:]])
+
+
+class Stats:
+    """Hits and misses of the package cache, saved to `path` (JSON) after each change."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.counts = {"hits": 0, "misses": 0, "hit_bytes": 0, "miss_bytes": 0}
+
+    def add(self, kind: str, size: int) -> None:
+        """Count one "hit" or "miss" of `size` bytes."""
+        with self.lock:
+            self.counts["hits" if kind == "hit" else "misses"] += 1
+            self.counts[f"{kind}_bytes"] += size
+            if self.path is not None:
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                tmp.write_text(json.dumps(self.counts))
+                os.replace(tmp, self.path)
+
+
 def parse_target(request_target: str) -> tuple[str, int, str] | None:
     """Split an absolute ``http://`` request target into (host, port, path?query).
 
@@ -95,8 +143,16 @@ class ProxyServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], allowed: frozenset[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        allowed: frozenset[tuple[str, int]],
+        cache: Path | None = None,
+        stats: Path | None = None,
+    ) -> None:
         self.allowed = allowed
+        self.cache = cache
+        self.stats = Stats(stats)
         super().__init__(address, ProxyHandler)
 
 
@@ -138,6 +194,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if k.lower() not in HOP_BY_HOP and k.lower() != "host"
         }
         headers["Host"] = host if port == 80 else f"{host}:{port}"
+        name = cacheable(host, path) if self.server.cache is not None else None
+        cached = self.server.cache / name if self.server.cache is not None and name else None
+        if cached is not None and not head and cached.is_file():
+            self._send_cached(cached)
+            return
         upstream = http.client.HTTPConnection(host, port, timeout=UPSTREAM_TIMEOUT)
         try:
             upstream.request(self.command, path, headers=headers)
@@ -147,11 +208,25 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._refuse(502, f"upstream {host}:{port} failed: {exc}")
             return
         try:
-            self._relay(response, head=head)
+            self._relay(response, head=head, keep=cached if response.status == 200 else None)
         finally:
             upstream.close()
 
-    def _relay(self, response: http.client.HTTPResponse, *, head: bool) -> None:
+    def _send_cached(self, cached: Path) -> None:
+        size = cached.stat().st_size
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.debian.binary-package")
+        self.send_header("Content-Length", str(size))
+        self.send_header("X-Cache", "HIT")
+        self.end_headers()
+        with open(cached, "rb") as f:
+            while chunk := f.read(CHUNK):
+                self.wfile.write(chunk)
+        self.server.stats.add("hit", size)
+
+    def _relay(
+        self, response: http.client.HTTPResponse, *, head: bool, keep: Path | None = None
+    ) -> None:
         has_body = not head and response.status not in (204, 304) and response.status >= 200
         length = response.getheader("Content-Length")
         self.send_response(response.status, response.reason)
@@ -165,13 +240,35 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if not has_body:
             return
+        if keep is None or length is None:
+            self._copy_body(response, None)
+            return
+        # Only a whole file enters the cache (apt checks its hash against the index anyway).
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        fd, part = tempfile.mkstemp(dir=keep.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as copy:
+            written = self._copy_body(response, copy)
+        if written == int(length):
+            os.replace(part, keep)
+            self.server.stats.add("miss", written)
+        else:
+            Path(part).unlink(missing_ok=True)
+
+    def _copy_body(self, response: http.client.HTTPResponse, copy: BinaryIO | None) -> int:
+        """Stream the body to the client (and `copy`); returns the bytes read from upstream."""
+        written = 0
         try:
             while chunk := response.read(CHUNK):
+                if copy is not None:
+                    copy.write(chunk)
+                written += len(chunk)
                 self.wfile.write(chunk)
         except OSError as exc:
             # The client must not wait for bytes that will never come.
             log.warning("relay of %s aborted: %s", self.path, exc)
             self.close_connection = True
+            return -1
+        return written
 
     def log_message(self, format: str, *args: object) -> None:
         log.info("%s %s", self.address_string(), format % args)
@@ -195,11 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, type=_listen_address, help="address to bind")
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--allow", nargs="+", required=True, metavar="HOST[:PORT]")
+    parser.add_argument("--cache", type=Path, help="keep package files here (shared is fine)")
+    parser.add_argument("--stats", type=Path, help="write the cache's hits and misses here")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
-    server = ProxyServer((args.listen, args.port), parse_allow(args.allow))
+    server = ProxyServer((args.listen, args.port), parse_allow(args.allow), args.cache, args.stats)
     log.info(
         "apt proxy on %s:%d for %s",
         args.listen,
