@@ -13,7 +13,7 @@ from opskit.core.artifacts import cache_dir
 from opskit.core.engine import ConvergeError, FactsChanged, converge
 from opskit.core.errors import ConfigError, ConnectError, ConnectionLost, OpsError
 from opskit.core.facts import GUESS, Facts, FactsCache, check_supported, release_vars
-from opskit.core.inventory import Host, Inventory
+from opskit.core.inventory import Host, Inventory, check_identity
 from opskit.core.remote import TRANSPORT_ERRORS, Remote, connect
 from opskit.core.resource import Resource
 from opskit.core.result import Change, HostResult
@@ -59,6 +59,7 @@ def run_on_hosts(
     On Ctrl-C, hosts not started are skipped, started ones finish their current step, and
     KeyboardInterrupt is re-raised.
     """
+    check_identity(inventory.ssh, f"{inventory.path}: ssh.identity")  # before any host
     stop = threading.Event()
 
     def one(host: Host) -> HostResult:
