@@ -21,7 +21,7 @@ import fabric
 import paramiko
 
 from opskit.core.errors import ConnectError, ConnectionLost, HostKeyError, RemoteCommandError
-from opskit.core.inventory import Host, SshSettings
+from opskit.core.inventory import Host, SshSettings, check_identity
 from opskit.core.secrets import Secret, redact
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,9 @@ class Remote:
 
 
 def connect(host: Host, ssh: SshSettings, *, sudo_password: Secret | None = None) -> Remote:
-    """Open the one connection to `host`, refusing unknown or changed host keys."""
+    """Open the one connection to `host`, refusing unknown or changed host keys (and a
+    private key others can read, as OpenSSH does: ConfigError)."""
+    check_identity(ssh)
     connect_kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False}
     if ssh.identity is not None:
         connect_kwargs["key_filename"] = [str(ssh.identity)]
@@ -253,7 +255,8 @@ def connect(host: Host, ssh: SshSettings, *, sudo_password: Secret | None = None
             f"host key for {where} CHANGED: it offered {exc.key.get_name()} "
             f"{fingerprint(exc.key)}, {ssh.known_hosts} has {fingerprint(exc.expected_key)}. "
             "This can mean someone is intercepting the connection. If the host was really "
-            f"rebuilt, remove the old line and run: inv hosts.trust --hosts {host.name}"
+            f"rebuilt, check the new fingerprint out of band, then record it with: "
+            f"inv hosts.trust --hosts {host.name} --replace"
         ) from None
     except paramiko.AuthenticationException as exc:
         conn.close()
