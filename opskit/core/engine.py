@@ -44,6 +44,9 @@ _SECTION = re.compile(rf"^{MARK} (\d+)$", re.M)
 _DONE = re.compile(rf"^{MARK}-done (\d+)$", re.M)
 _CHECKS = re.compile(rf"^{MARK}-checks$\n?", re.M)
 _CHECK = re.compile(rf"^{MARK}-check (\d+) (\d+)$\n?", re.M)
+_LEFTOVER = re.compile(rf"^{MARK}-leftover (.+)\n?", re.M)
+STAGED = ".opskit.??????"  # what File stages a new file as, next to it
+LEFTOVER_MINUTES = 10  # older than this, a staged file belongs to no running converge
 CHECK_FAILED = 65  # the exit code of an apply whose config check still fails afterwards
 
 
@@ -128,6 +131,45 @@ def split_checks(output: str, checks: Sequence[ConfigCheck]) -> tuple[str, list[
         if int(m.group(2)) != 0:
             failed.append(CheckFailure(checks[int(m.group(1))], section[m.end() : end]))
     return rest, failed
+
+
+def leftovers_script(resources: Sequence[Resource]) -> str:
+    """Shell for the end of the probe: staged files an interrupted run left behind (one find)."""
+    dirs = list(dict.fromkeys(d for r in resources if (d := r.staging_dir()) is not None))
+    if not dirs:
+        return ""
+    return (
+        f"find {' '.join(q(d) for d in dirs)} -maxdepth 1 -type f -name {q(STAGED)} "
+        f"-mmin +{LEFTOVER_MINUTES} -printf '{MARK}-leftover %p\\n' 2>/dev/null || true"
+    )
+
+
+def split_leftovers(output: str) -> tuple[str, list[str]]:
+    """The probe output without the leftover lines, and the leftover paths.
+
+    >>> split_leftovers("@@opskit 0\\n@@opskit-leftover /etc/x/.opskit.ab12CD\\nok\\n")
+    ('@@opskit 0\\nok\\n', ['/etc/x/.opskit.ab12CD'])
+    """
+    found = [m.group(1) for m in _LEFTOVER.finditer(output)]
+    return (_LEFTOVER.sub("", output), found) if found else (output, [])
+
+
+@dataclass(frozen=True)
+class Leftovers(Resource):
+    """Staged files of an interrupted run (its connection was lost): removed by the next run."""
+
+    paths: tuple[str, ...]
+    id = "leftovers:staged files"
+
+    def probe(self) -> str:  # pragma: no cover - found by leftovers_script, never probed
+        return "true"
+
+    def plan(self, state: str, changed: frozenset[str]) -> Plan:
+        n = len(self.paths)
+        return Plan((f"remove {n} file{'s' if n != 1 else ''} an interrupted run left",))
+
+    def script(self, plan: Plan) -> str:
+        return "rm -f -- " + " ".join(q(p) for p in self.paths)
 
 
 def recheck_script(failed: Sequence[CheckFailure]) -> str:
@@ -223,6 +265,9 @@ def probe_script(resources: Sequence[Resource], *, with_facts: bool = False) -> 
     checks = checks_script(config_checks(resources))
     if checks:
         parts.append(checks)
+    leftovers = leftovers_script(resources)
+    if leftovers:
+        parts.append(leftovers)
     return "\n".join(parts) + "\n"
 
 
@@ -346,8 +391,12 @@ def converge(
         if found != facts:
             raise FactsChanged(found)
         out = host_facts.strip(out)
+    out, leftover = split_leftovers(out)
     out, failing = split_checks(out, config_checks(resources))
     planned = plan_all(remote.name, resources, split_sections(out, len(resources)))
+    if leftover:
+        cleanup = Leftovers(tuple(leftover))
+        planned.append(Planned(cleanup, cleanup.plan("", frozenset())))
     if dry_run:
         if failing:
             raise _check_error(remote, failing, planned, dry_run=True)
@@ -360,6 +409,7 @@ def converge(
         made = [_change(remote, p) for _, p in staged]
         rest = [resources[i] for i in others]
         out = remote.run(probe_script(rest), what="read state after installing").stdout
+        out, _ = split_leftovers(out)
         out, failing = split_checks(out, config_checks(rest))
         replanned = plan_all(
             remote.name,

@@ -67,6 +67,12 @@ class Resource:
         changes (a stray file opskit does not manage can break the service)."""
         return None
 
+    def staging_dir(self) -> str | None:
+        """Where script() stages a new file (`.opskit.XXXXXX`) before moving it in place. A run
+        that died there (connection lost) leaves it behind: the engine's probe finds such files
+        and the next run removes them."""
+        return None
+
     def plan(self, state: str, changed: frozenset[str]) -> Plan:
         """Decide from the probe output (pure). `changed`: ids of resources changing before."""
         raise NotImplementedError

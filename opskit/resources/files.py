@@ -105,6 +105,9 @@ class File(Resource):
         # in every probe, so a broken service fails the host even when this file is right.
         return (self.check_after, self.path) if self.check_after else None
 
+    def staging_dir(self) -> str | None:
+        return str(Path(self.path).parent)
+
     @staticmethod
     def parse(state: str) -> FileState | None:
         """Parse the probe output.

@@ -65,3 +65,25 @@ def test_a_check_runs_only_once_its_file_exists_and_once_per_command(tmp_path):
     with pytest.raises(ConvergeError, match="false failed"):
         converge(remote, [a])
     assert remote.commands == 2
+
+
+def test_files_an_interrupted_run_staged_are_removed_by_the_next_run(tmp_path):
+    """A connection lost mid-apply can leave `.opskit.XXXXXX` next to a file (no EXIT trap on
+    SIGPIPE); the next run's probe finds those older than a running converge's and removes them."""
+    import os
+    import time
+
+    site = File(str(tmp_path / "site.conf"), "x\n")
+    converge(LocalRemote(), [site])
+    old, fresh = tmp_path / ".opskit.AbC123", tmp_path / ".opskit.XyZ789"
+    old.write_text("half")
+    fresh.write_text("being written")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    remote = LocalRemote()
+    changes = converge(remote, [site])
+    assert [(c.resource, c.summary) for c in changes if c.changed] == [
+        ("leftovers:staged files", "remove 1 file an interrupted run left")
+    ]
+    assert not old.exists() and fresh.exists() and remote.commands == 2
+    again = LocalRemote()
+    assert not any(c.changed for c in converge(again, [site])) and again.commands == 1
