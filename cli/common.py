@@ -78,6 +78,9 @@ NUMBERS = {
     "timeout": Number(False, 0),  # `inv run`: 0 means no limit
     "health_timeout": Number(False, 0, above=True),
     "since_hours": Number(False, 0, above=True),
+    "journal": Number(True, 0),  # `inv app.releases`: 0 means none
+    "samples": Number(True, 0),  # `inv status`: 0 means status_samples
+    "last": Number(True, 1),  # `inv lab.inbox`
 }
 
 

@@ -72,6 +72,9 @@ def test_bad_input_exits_2_and_names_the_problem(tmp_path) -> None:
         (["rollback", "--steps", "0"], "--steps: expected a whole number >= 1, got '0'"),
         (["rollback", "--health-timeout", "nan"], "--health-timeout: expected a number > 0"),
         (["audit", "--since-hours", "-1"], "--since-hours: expected a number > 0, got '-1'"),
+        (["releases", "--journal", "-1"], "--journal: expected a whole number >= 0"),
+        (["status", "--samples", "x"], "--samples: expected a whole number >= 0, got 'x'"),
+        (["lab.inbox", "--last", "0"], "--last: expected a whole number >= 1, got '0'"),
         (
             ["run", "--timeout", "soon", "--command", "true"],
             "--timeout: expected a number >= 0, got 'soon'",
