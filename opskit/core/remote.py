@@ -192,7 +192,7 @@ class Remote:
             out += chan.recv(65536)
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
-        if not chan.status_event.is_set() and not self.connected():
+        if not chan.status_event.is_set() and self._dying():
             raise self.lost(step)  # closed without an exit status, and the connection is gone
         return (
             chan.recv_exit_status(),
@@ -210,6 +210,17 @@ class Remote:
             if isinstance(exc, OSError) and self.connected():
                 raise  # a file error on the host (no space, no permission), not the link
             raise self.lost(f"upload of {remote_path}", exc) from None
+
+    def _dying(self, grace: float = 2.0) -> bool:
+        """True when the connection is gone or goes within `grace` s: paramiko closes the
+        channels of a dead connection just before it marks the connection inactive. (A command
+        killed by a signal also ends without an exit status, on a live connection.)"""
+        deadline = time.monotonic() + grace
+        while self.connected():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def connected(self) -> bool:
         transport = self.conn.client.get_transport()

@@ -98,3 +98,39 @@ def test_the_runner_reports_a_lost_host_in_its_own_category(monkeypatch, caplog)
         assert "Traceback" not in caplog.text and not caplog.records
         assert "[web1] LOST     connection lost during" in format_host(result, show_diff=False)
         assert "1 lost (connection lost)" in summary([result], dry_run=False)
+
+
+class LateDeath(DyingChannel):
+    """paramiko closes a dead connection's channels a moment before it marks it inactive."""
+
+    closed = False
+
+    def shutdown_write(self) -> None:
+        self.closed = True
+        threading.Timer(0.3, setattr, (self.transport, "active", False)).start()
+
+    def exit_status_ready(self) -> bool:
+        return self.closed
+
+    def recv_exit_status(self) -> int:
+        return -1
+
+
+def test_a_channel_closed_just_before_its_connection_dies_is_a_lost_connection(monkeypatch):
+    remote = dying_remote()
+    transport = remote.conn.client.get_transport()
+    monkeypatch.setattr(transport, "open_session", lambda: LateDeath(transport))
+    with pytest.raises(ConnectionLost, match=r"^connection lost during apply changes"):
+        remote.run("true", what="apply changes")
+
+
+def test_a_command_killed_on_a_live_connection_is_not_a_lost_connection(monkeypatch):
+    from opskit.core.errors import RemoteCommandError
+
+    remote = dying_remote()
+    transport = remote.conn.client.get_transport()
+    chan = LateDeath(transport)
+    chan.shutdown_write = lambda: setattr(chan, "closed", True)  # the connection lives on
+    monkeypatch.setattr(transport, "open_session", lambda: chan)
+    with pytest.raises(RemoteCommandError, match="exit -1"):
+        remote.run("kill -9 $$", what="a step")
