@@ -192,10 +192,11 @@ class Remote:
             out += chan.recv(65536)
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
-        if not chan.status_event.is_set() and self._dying():
-            raise self.lost(step)  # closed without an exit status, and the connection is gone
+        exited = chan.recv_exit_status()  # -1: the channel closed without an exit status
+        if exited == -1 and self._dying():
+            raise self.lost(step)
         return (
-            chan.recv_exit_status(),
+            exited,
             out.decode(errors="replace"),
             err.decode(errors="replace"),
         )

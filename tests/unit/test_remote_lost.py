@@ -22,7 +22,6 @@ class DyingChannel:
 
     def __init__(self, transport: DyingTransport) -> None:
         self.transport = transport
-        self.status_event = threading.Event()
 
     def exec_command(self, command: str) -> None:
         pass
@@ -42,6 +41,9 @@ class DyingChannel:
 
     def exit_status_ready(self) -> bool:
         return not self.transport.active
+
+    def recv_exit_status(self) -> int:
+        return -1  # paramiko's value for a channel closed without an exit status
 
     def close(self) -> None:
         pass
@@ -111,9 +113,6 @@ class LateDeath(DyingChannel):
 
     def exit_status_ready(self) -> bool:
         return self.closed
-
-    def recv_exit_status(self) -> int:
-        return -1
 
 
 def test_a_channel_closed_just_before_its_connection_dies_is_a_lost_connection(monkeypatch):
