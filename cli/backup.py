@@ -52,6 +52,32 @@ def _backup_hosts(inventory, hosts):
         raise cli.usage_error(exc) from None
 
 
+def _check_backup_key(cfg, backup):
+    """An explicit --backup key must be in the host's bucket: the laptop reads S3 itself, so a
+    typo is refused (exit 2) before any host is touched. When the laptop cannot reach S3, the
+    host's own check still refuses it later."""
+    import difflib
+
+    from opskit.backup.resources import store_for
+    from opskit.clients import ApiError
+
+    if backup in ("", "latest"):
+        return
+    folder = backup.rsplit("/", 1)[0] + "/" if "/" in backup else ""
+    try:
+        keys = [o.key for o in store_for(cfg).list_objects(folder)]
+    except ApiError:
+        return
+    if backup not in keys:
+        close = difflib.get_close_matches(backup, keys, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise Exit(
+            f"error: --backup: no backup {backup!r} in s3://{cfg.s3.bucket}{hint}; "
+            "see `inv backup.list`",
+            code=ExitStatus.USAGE,
+        )
+
+
 def _backup_finish(outcomes, json_out, fmt):
     import json as jsonlib
 
@@ -148,9 +174,12 @@ def backup_verify(c, inventory=None, hosts=None, backup="latest", json=False, as
     """Download a backup, check its checksum, restore it into a scratch database, count rows."""
     from opskit.backup.hosts import on_hosts
     from opskit.backup.restore import verify_backup
+    from opskit.backup.spec import config_for
     from opskit.backup.text import format_restore
 
     inv, selected = _backup_hosts(inventory, hosts)
+    if len(selected) == 1:  # a key belongs to one bucket; the hosts may use several
+        _check_backup_key(config_for(selected[0]), backup)
     bars = _Bars(not json)
     outcomes = on_hosts(
         inv,
@@ -203,6 +232,7 @@ def backup_restore(
     cfg = config_for(selected[0])
     if replace and target:
         raise Exit("error: --target and --replace exclude each other", code=ExitStatus.USAGE)
+    _check_backup_key(cfg, backup)
     confirmed = yes
     if replace and not yes:
         if not sys.stdin.isatty():

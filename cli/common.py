@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +32,79 @@ COMMON_HELP = {
 }
 
 
+@dataclass(frozen=True)
+class Number:
+    """What a numeric flag accepts: a whole number or seconds, at least (or above) `least`."""
+
+    whole: bool
+    least: float
+    above: bool = False  # strictly greater than `least`
+
+    def describe(self) -> str:
+        what = "a whole number" if self.whole else "a number"
+        return f"{what} {'>' if self.above else '>='} {self.least:g}"
+
+    def parse(self, flag: str, value: Any) -> int | float:
+        """`value` (as typed, or a default) as a number, or ConfigError naming the flag.
+
+        >>> Number(True, 1).parse("--workers", "4")
+        4
+        >>> Number(True, 1).parse("--workers", "0")
+        Traceback (most recent call last):
+        ...
+        opskit.core.errors.ConfigError: --workers: expected a whole number >= 1, got '0'
+        """
+        text = str(value).strip()
+        try:
+            number: int | float = int(text) if self.whole else float(text)
+        except ValueError:
+            number = math.nan
+        if (
+            isinstance(value, bool)
+            or math.isnan(number)
+            or math.isinf(number)
+            or number < self.least
+            or (self.above and number == self.least)
+        ):
+            raise ConfigError(f"{flag}: expected {self.describe()}, got {text!r}")
+        return number
+
+
+# The numeric flags of every task, checked before anything is loaded or touched (exit 2).
+NUMBERS = {
+    "workers": Number(True, 1),
+    "batch": Number(True, 1),
+    "steps": Number(True, 1),
+    "timeout": Number(False, 0),  # `inv run`: 0 means no limit
+    "health_timeout": Number(False, 0, above=True),
+    "since_hours": Number(False, 0, above=True),
+    "journal": Number(True, 0),  # `inv app.releases`: 0 means none
+    "samples": Number(True, 0),  # `inv status`: 0 means status_samples
+    "last": Number(True, 1),  # `inv lab.inbox`
+}
+
+
 class OpsTask(invoke.Task):  # type: ignore[misc]
     """An Invoke task with opskit's one error boundary.
 
     - `-h` always means help: no flag gets `h` as its short form (`--hosts` would take it).
+    - Numeric flags (NUMBERS) arrive as text and are checked here: `--workers abc` or `0` exits
+      2 naming the flag, before the inventory is read.
     - Bad input (`ConfigError`, raised before anything is touched) exits 2 with the message;
       Ctrl-C exits 130 (hosts not started are skipped; every file is written atomically).
     """
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
-        return super().arg_opts(name, default, {*taken_names, "h"})  # type: ignore[no-any-return]
+        opts: dict[str, Any] = super().arg_opts(name, default, {*taken_names, "h"})
+        if name in NUMBERS:
+            opts["kind"] = str  # parsed by __call__: invoke's own cast fails with a traceback
+        return opts
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
+            for name, rule in NUMBERS.items():
+                if kwargs.get(name) not in (None, ""):
+                    kwargs[name] = rule.parse(f"--{name.replace('_', '-')}", kwargs[name])
             return super().__call__(*args, **kwargs)
         except ConfigError as exc:
             raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None

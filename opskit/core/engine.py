@@ -12,6 +12,12 @@ they are planned from what the host holds *after* the installs — a file a pack
 seen, a service a package started is restarted when its config changes. A no-op costs one
 command; a run with packages to install costs four (probe, install, probe, change). A dry run
 plans from the first probe only: it cannot know what a missing package would add.
+
+The same probe runs the check of the whole configuration of every service the resources
+configure (`Resource.config_check`: `nginx -t`, `sshd -t`, `rsyslogd -N1`, PostgreSQL's), once
+per distinct command. A failing one fails the host with the check's own message (which names the
+offending file) even when nothing is to change; when something is, the check runs again after the
+changes, and the host fails only if it still fails then.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ MARK = "@@opskit"
 q = shlex.quote
 _SECTION = re.compile(rf"^{MARK} (\d+)$", re.M)
 _DONE = re.compile(rf"^{MARK}-done (\d+)$", re.M)
+_CHECKS = re.compile(rf"^{MARK}-checks$\n?", re.M)
+_CHECK = re.compile(rf"^{MARK}-check (\d+) (\d+)$\n?", re.M)
+_LEFTOVER = re.compile(rf"^{MARK}-leftover (.+)\n?", re.M)
+STAGED = ".opskit.??????"  # what File stages a new file as, next to it
+LEFTOVER_MINUTES = 10  # older than this, a staged file belongs to no running converge
+CHECK_FAILED = 65  # the exit code of an apply whose config check still fails afterwards
 
 
 class FactsChanged(OpsError):
@@ -52,6 +64,122 @@ class ConvergeError(OpsError):
     def __init__(self, message: str, changes: Sequence[Change]) -> None:
         super().__init__(message)
         self.changes = tuple(changes)
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """A service's check of its whole configuration, run while one of `paths` exists (before
+    opskit has configured the service there is nothing of it to check)."""
+
+    command: str
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    check: ConfigCheck
+    output: str
+
+    def message(self) -> str:
+        lines = self.output.strip().splitlines()
+        tail = "\n".join(lines[-10:]) or "(no output)"
+        return f"{self.check.command} fails:\n{tail}"
+
+
+def config_checks(resources: Sequence[Resource]) -> list[ConfigCheck]:
+    """The distinct config checks the resources declare, in declaration order."""
+    found: dict[str, dict[str, None]] = {}
+    for r in resources:
+        declared = r.config_check()
+        if declared is not None:
+            command, path = declared
+            found.setdefault(command, {})[path] = None
+    return [ConfigCheck(cmd, tuple(paths)) for cmd, paths in found.items()]
+
+
+def checks_script(checks: Sequence[ConfigCheck]) -> str:
+    """Shell for the end of the probe: each check's exit code and output in a marked section."""
+    if not checks:
+        return ""
+    lines = [f"echo '{MARK}-checks'"]
+    for i, c in enumerate(checks):
+        exists = " || ".join(f"[ -e {q(p)} ]" for p in c.paths)
+        lines.append(
+            f"if {exists}; then _opskit_o=$( ( {c.command} ) 2>&1 </dev/null ); "
+            f'echo "{MARK}-check {i} $?"; printf \'%s\\n\' "$_opskit_o"; fi'
+        )
+    return "\n".join(lines)
+
+
+def split_checks(output: str, checks: Sequence[ConfigCheck]) -> tuple[str, list[CheckFailure]]:
+    """The probe output without the checks' section, and the checks that failed.
+
+    >>> c = ConfigCheck("nginx -t", ("/etc/nginx/x",))
+    >>> out = "@@opskit 0\\nok\\n@@opskit-checks\\n@@opskit-check 0 1\\nbad in /etc/x:1\\n"
+    >>> rest, [failed] = split_checks(out, [c])
+    >>> rest, failed.message()
+    ('@@opskit 0\\nok\\n', 'nginx -t fails:\\nbad in /etc/x:1')
+    """
+    start = _CHECKS.search(output)
+    if not checks or start is None:
+        return output, []
+    rest, section = output[: start.start()], output[start.end() :]
+    found = list(_CHECK.finditer(section))
+    failed = []
+    for k, m in enumerate(found):
+        end = found[k + 1].start() if k + 1 < len(found) else len(section)
+        if int(m.group(2)) != 0:
+            failed.append(CheckFailure(checks[int(m.group(1))], section[m.end() : end]))
+    return rest, failed
+
+
+def leftovers_script(resources: Sequence[Resource]) -> str:
+    """Shell for the end of the probe: staged files an interrupted run left behind (one find)."""
+    dirs = list(dict.fromkeys(d for r in resources if (d := r.staging_dir()) is not None))
+    if not dirs:
+        return ""
+    return (
+        f"find {' '.join(q(d) for d in dirs)} -maxdepth 1 -type f -name {q(STAGED)} "
+        f"-mmin +{LEFTOVER_MINUTES} -printf '{MARK}-leftover %p\\n' 2>/dev/null || true"
+    )
+
+
+def split_leftovers(output: str) -> tuple[str, list[str]]:
+    """The probe output without the leftover lines, and the leftover paths.
+
+    >>> split_leftovers("@@opskit 0\\n@@opskit-leftover /etc/x/.opskit.ab12CD\\nok\\n")
+    ('@@opskit 0\\nok\\n', ['/etc/x/.opskit.ab12CD'])
+    """
+    found = [m.group(1) for m in _LEFTOVER.finditer(output)]
+    return (_LEFTOVER.sub("", output), found) if found else (output, [])
+
+
+@dataclass(frozen=True)
+class Leftovers(Resource):
+    """Staged files of an interrupted run (its connection was lost): removed by the next run."""
+
+    paths: tuple[str, ...]
+    id = "leftovers:staged files"
+
+    def probe(self) -> str:  # pragma: no cover - found by leftovers_script, never probed
+        return "true"
+
+    def plan(self, state: str, changed: frozenset[str]) -> Plan:
+        n = len(self.paths)
+        return Plan((f"remove {n} file{'s' if n != 1 else ''} an interrupted run left",))
+
+    def script(self, plan: Plan) -> str:
+        return "rm -f -- " + " ".join(q(p) for p in self.paths)
+
+
+def recheck_script(failed: Sequence[CheckFailure]) -> str:
+    """Shell for the end of an apply: the checks that failed before the changes, once more."""
+    return "\n".join(
+        f"if ! _opskit_o=$( ( {f.check.command} ) 2>&1 </dev/null ); then "
+        f"printf '%s fails:\\n%s\\n' {q(f.check.command)} \"$_opskit_o\" >&2; "
+        f"exit {CHECK_FAILED}; fi"
+        for f in failed
+    )
 
 
 @dataclass(frozen=True)
@@ -134,6 +262,12 @@ def probe_script(resources: Sequence[Resource], *, with_facts: bool = False) -> 
     for i, r in enumerate(resources):
         parts.append(f"echo '{MARK} {i}'")
         parts.append(r.probe())
+    checks = checks_script(config_checks(resources))
+    if checks:
+        parts.append(checks)
+    leftovers = leftovers_script(resources)
+    if leftovers:
+        parts.append(leftovers)
     return "\n".join(parts) + "\n"
 
 
@@ -174,7 +308,7 @@ def plan_all(
     return planned
 
 
-def apply_script(todo: Sequence[tuple[int, Planned]]) -> str:
+def apply_script(todo: Sequence[tuple[int, Planned]], recheck: Sequence[CheckFailure] = ()) -> str:
     parts = [
         "set -euo pipefail",
         "_opskit_tmp=''",
@@ -183,6 +317,8 @@ def apply_script(todo: Sequence[tuple[int, Planned]]) -> str:
     for i, p in todo:
         parts.append(p.resource.script(p.plan))
         parts.append(f"echo '{MARK}-done {i}'")
+    if recheck:
+        parts.append(recheck_script(recheck))
     return "\n".join(parts) + "\n"
 
 
@@ -194,17 +330,38 @@ def _change(remote: Remote, p: Planned) -> Change:
 
 
 def _apply(
-    remote: Remote, todo: Sequence[tuple[int, Planned]], made_before: Sequence[Change], what: str
+    remote: Remote,
+    todo: Sequence[tuple[int, Planned]],
+    made_before: Sequence[Change],
+    what: str,
+    recheck: Sequence[CheckFailure] = (),
 ) -> None:
     """Run the scripts of `todo` in one command; on failure say which resource failed."""
-    res = remote.run(apply_script(todo), what=what, ok_codes=range(256))
+    res = remote.run(apply_script(todo, recheck), what=what, ok_codes=range(256))
     if res.exited != 0:
         # Everything before the failing resource was done; say which one failed.
         done = {int(m.group(1)) for m in _DONE.finditer(res.stdout)}
         made = [*made_before, *(_change(remote, p) for i, p in todo if i in done)]
-        failed = next((p.resource.id for i, p in todo if i not in done), "?")
+        failed = next((p.resource.id for i, p in todo if i not in done), None)
         tail = "\n".join(res.stderr.strip().splitlines()[-10:])
+        if failed is None:  # every change was made; a config check still fails
+            raise ConvergeError(redact(tail, remote.host.secrets), made)
         raise ConvergeError(f"{failed}: exit {res.exited}\n{tail}".rstrip(), made)
+
+
+def _check_error(
+    remote: Remote, failed: Sequence[CheckFailure], planned: Sequence[Planned], *, dry_run: bool
+) -> ConvergeError:
+    pending = any(p.plan.reasons for p in planned)
+    if dry_run and pending:
+        why = "the changes above may fix it; run without --check to see"
+    elif pending:
+        why = "after the changes above"
+    else:
+        why = "opskit changed nothing here"
+    text = "\n".join(f.message() for f in failed)
+    message = redact(f"a config check fails ({why}): {text}", remote.host.secrets)
+    return ConvergeError(message, [_change(remote, p) for p in planned])
 
 
 def converge(
@@ -234,8 +391,15 @@ def converge(
         if found != facts:
             raise FactsChanged(found)
         out = host_facts.strip(out)
+    out, leftover = split_leftovers(out)
+    out, failing = split_checks(out, config_checks(resources))
     planned = plan_all(remote.name, resources, split_sections(out, len(resources)))
+    if leftover:
+        cleanup = Leftovers(tuple(leftover))
+        planned.append(Planned(cleanup, cleanup.plan("", frozenset())))
     if dry_run:
+        if failing:
+            raise _check_error(remote, failing, planned, dry_run=True)
         return [_change(remote, p) for p in planned]
     staged = [(i, p) for i, p in enumerate(planned) if p.plan.reasons and p.resource.alters_host]
     others = [i for i, r in enumerate(resources) if not r.alters_host]
@@ -245,6 +409,8 @@ def converge(
         made = [_change(remote, p) for _, p in staged]
         rest = [resources[i] for i in others]
         out = remote.run(probe_script(rest), what="read state after installing").stdout
+        out, _ = split_leftovers(out)
+        out, failing = split_checks(out, config_checks(rest))
         replanned = plan_all(
             remote.name,
             rest,
@@ -257,5 +423,7 @@ def converge(
     if staged and others:
         todo = [(i, p) for i, p in todo if not p.resource.alters_host]
     if todo:
-        _apply(remote, todo, made, "apply changes")
+        _apply(remote, todo, made, "apply changes", failing)
+    elif failing:
+        raise _check_error(remote, failing, planned, dry_run=False)
     return [_change(remote, p) for p in planned]

@@ -29,6 +29,17 @@ class ConnectError(OpsError):
     """A host could not be reached or authenticated."""
 
 
+class ConnectionLost(ConnectError):
+    """An established SSH connection died while a step ran (sshd killed, network gone).
+
+    What the step had done on the host is unknown; each step is safe to run again."""
+
+    def __init__(self, host: str, step: str, reason: str = "") -> None:
+        self.host, self.step = host, step
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"connection lost during {step}{detail}")
+
+
 class HostKeyError(ConnectError):
     """A host presented an unknown or changed SSH host key."""
 

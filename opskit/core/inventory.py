@@ -11,7 +11,10 @@ where each role came from, and `describe_roles` shows it (`inv provision --check
 Everything is checked here, once, before anything connects: every variable against its
 declaration (opskit/core/schema.py: type, range, choices, secret), the variables each host's
 roles require, and each host's resources are built (so a role's own checks run) with every
-handler reference (`reload_on`, `restart_on`, `watch`) naming a resource of that host.
+handler reference (`reload_on`, `restart_on`, `watch`) naming a resource of that host. A key
+given twice in one mapping (a host listed twice in a group) is an error naming both lines: YAML
+would silently keep the last. The private key (`ssh.identity`) is checked by `check_identity`
+before the first connection: not at load, since `inv lab.up` creates the lab's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import ipaddress
+import os
+import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +50,57 @@ SSH_KEYS = {"known_hosts", "identity", "connect_timeout", "sudo_password"}
 SECRETS_KEYS = {"file"}
 GROUP_KEYS = {"roles", "vars", "hosts"}
 HOST_KEYS = {"address", "port", "user", "vars"}
+_IPV4_LIKE = re.compile(r"[0-9.]+")
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """yaml.SafeLoader refusing a key given twice in one mapping (it would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first + 1}); YAML would keep only "
+                    "the last: remove one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_identity(ssh: SshSettings, where: str = "ssh.identity") -> None:
+    """The private key opskit logs in with exists and is readable by its owner only: OpenSSH
+    refuses a key that group or others can read ("UNPROTECTED PRIVATE KEY FILE"), so do we,
+    before the first connection (ConfigError, exit 2)."""
+    key = ssh.identity
+    if key is None:
+        return
+    try:
+        st = key.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {key}: no such private key file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: {key}: cannot read it ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{where}: {key}: not a file")
+    if st.st_mode & 0o077 and st.st_uid == os.getuid():
+        raise ConfigError(
+            f"{where}: permissions {stat.S_IMODE(st.st_mode):04o} for {key} are too open: a "
+            f"private key must be readable by its owner only, as OpenSSH requires (chmod 600 {key})"
+        )
+    if not os.access(key, os.R_OK):
+        raise ConfigError(f"{where}: {key}: not readable by this user")
+
+
 # The roles of every host when the inventory has no top-level `roles:` (shown as implicit).
 DEFAULT_ROLES = ("base",)
 IMPLICIT = "default: the inventory sets no top-level roles"
@@ -137,7 +194,7 @@ def load_inventory(
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read inventory: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -393,6 +450,8 @@ class _Loader:
         try:
             ipaddress.ip_address(value)
         except ValueError:
+            if _IPV4_LIKE.fullmatch(value) or ":" in value:  # meant as an IP address
+                raise self.err(key, f"not a valid IP address: {value!r}") from None
             if not all(part and (part.replace("-", "").isalnum()) for part in value.split(".")):
                 raise self.err(key, f"not an IP address or host name: {value!r}") from None
         return value

@@ -37,7 +37,7 @@ def format_host(result: HostResult, *, show_diff: bool, verbose: bool = False) -
     for note in result.notes:
         out += f"[{result.host}] note     {note}\n"
     if result.error:
-        label = "UNREACHABLE" if result.unreachable else "FAILED"
+        label = "UNREACHABLE" if result.unreachable else "LOST" if result.lost else "FAILED"
         first, *rest = result.error.splitlines() or [""]
         out += f"[{result.host}] {label:<8} {first}\n" + _indent("\n".join(rest))
     return out
@@ -55,18 +55,20 @@ def summary(results: Sequence[HostResult], *, dry_run: bool) -> str:
     for r in results:
         lines.append(
             f"{r.host:<{width}}  ok={r.ok_count} changed={r.changed_count} "
-            f"failed={int(r.failed)} unreachable={int(r.unreachable)}  "
+            f"failed={int(r.failed)} unreachable={int(r.unreachable)}"
+            f"{' lost=1' if r.lost else ''}  "
             f"({r.commands} remote commands, {r.seconds:.1f} s)"
         )
     n = len(results)
     changed = sum(1 for r in results if r.changed_count and not r.error)
     failed = sum(1 for r in results if r.failed)
     unreachable = sum(1 for r in results if r.unreachable)
-    ok = n - changed - failed - unreachable
+    lost = sum(1 for r in results if r.lost)
+    ok = n - changed - failed - unreachable - lost
     verb = "would change" if dry_run else "changed"
     lines.append(
         f"{n} host{'s' if n != 1 else ''}: {ok} ok, {changed} {verb}, {failed} failed, "
-        f"{unreachable} unreachable"
+        f"{unreachable} unreachable" + (f", {lost} lost (connection lost)" if lost else "")
     )
     return "\n".join(lines) + "\n"
 

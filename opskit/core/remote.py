@@ -20,12 +20,16 @@ from pathlib import Path
 import fabric
 import paramiko
 
-from opskit.core.errors import ConnectError, HostKeyError, RemoteCommandError
-from opskit.core.inventory import Host, SshSettings
+from opskit.core.errors import ConnectError, ConnectionLost, HostKeyError, RemoteCommandError
+from opskit.core.inventory import Host, SshSettings, check_identity
 from opskit.core.secrets import Secret, redact
 
 log = logging.getLogger(__name__)
 q = shlex.quote
+
+# What paramiko raises when the connection under a channel dies (`OSError: Socket is closed`,
+# EOF, a reset): a step that meets one is reported as a lost connection, never as a traceback.
+TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class Remote:
         description used in that error (the script itself can be long).
         """
         command, prefix = self.shell_command(sudo=sudo)
-        exited, out, err = self._exec(command, prefix + script, timeout)
+        step = what or (script.strip().splitlines()[0] if script.strip() else command)
+        exited, out, err = self._exec(command, prefix + script, timeout, step)
         if exited == 1 and self._sudo_mode == "nopasswd" and "password is required" in err:
             raise ConnectError(
                 f"sudo on {self.name} needs a password for {self.host.user}: set ssh.sudo_password "
@@ -128,67 +133,108 @@ class Remote:
         """Start `script` like run() does, but hand back the open channel: for callers that
         read output as it arrives or hold the channel open (a lock). stdin is left open."""
         command, prefix = self.shell_command(sudo=sudo)
-        chan = self._open(command)
-        chan.sendall((prefix + script).encode())
+        step = script.strip().splitlines()[0] if script.strip() else command
+        chan = self._open(command, step)
+        try:
+            chan.sendall((prefix + script).encode())
+        except TRANSPORT_ERRORS as exc:
+            raise self.lost(step, exc) from None
         return chan
 
-    def _open(self, command: str) -> paramiko.Channel:
+    def lost(self, step: str, exc: BaseException | None = None) -> ConnectionLost:
+        reason = "" if exc is None else (str(exc) or type(exc).__name__)
+        return ConnectionLost(self.name, step, reason)
+
+    def _open(self, command: str, step: str) -> paramiko.Channel:
         transport = self.conn.client.get_transport()
         if transport is None or not transport.is_active():
-            raise ConnectError(f"{self.name}: the SSH connection was lost")
+            raise self.lost(step)
         self.commands += 1
-        chan = transport.open_session()
-        chan.exec_command(command)
+        try:
+            chan = transport.open_session()
+            chan.exec_command(command)
+        except TRANSPORT_ERRORS as exc:
+            raise self.lost(step, exc) from None
         return chan
 
-    def _exec(self, command: str, stdin: str, timeout: float | None) -> tuple[int, str, str]:
-        chan = self._open(command)
+    def _exec(
+        self, command: str, stdin: str, timeout: float | None, step: str
+    ) -> tuple[int, str, str]:
+        chan = self._open(command, step)
         try:
-            chan.sendall(stdin.encode())
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                    continue
-                if chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                    continue
-                if (
-                    chan.exit_status_ready()
-                    and not chan.recv_ready()
-                    and not chan.recv_stderr_ready()
-                ):
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise RemoteCommandError(self.name, command, -1, f"timed out after {timeout} s")
-                select.select([chan], [], [], 0.5)
-            # Drain what arrived with the exit status.
-            while chan.recv_ready():
-                out += chan.recv(65536)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            return (
-                chan.recv_exit_status(),
-                out.decode(errors="replace"),
-                err.decode(errors="replace"),
-            )
+            return self._talk(chan, command, stdin, timeout, step)
+        except TRANSPORT_ERRORS as exc:
+            raise self.lost(step, exc) from None
         finally:
             chan.close()
+
+    def _talk(
+        self, chan: paramiko.Channel, command: str, stdin: str, timeout: float | None, step: str
+    ) -> tuple[int, str, str]:
+        chan.sendall(stdin.encode())
+        chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if chan.recv_ready():
+                out += chan.recv(65536)
+                continue
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                continue
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise RemoteCommandError(self.name, command, -1, f"timed out after {timeout} s")
+            select.select([chan], [], [], 0.5)
+        # Drain what arrived with the exit status.
+        while chan.recv_ready():
+            out += chan.recv(65536)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+        exited = chan.recv_exit_status()  # -1: the channel closed without an exit status
+        if exited == -1 and self._dying():
+            raise self.lost(step)
+        return (
+            exited,
+            out.decode(errors="replace"),
+            err.decode(errors="replace"),
+        )
 
     def put_bytes(self, data: bytes, remote_path: str) -> None:
         """Upload `data` to `remote_path` as the login user (SFTP; used for large files)."""
         import io
 
-        self.conn.put(io.BytesIO(data), remote_path)
+        try:
+            self.conn.put(io.BytesIO(data), remote_path)
+        except TRANSPORT_ERRORS as exc:
+            if isinstance(exc, OSError) and self.connected():
+                raise  # a file error on the host (no space, no permission), not the link
+            raise self.lost(f"upload of {remote_path}", exc) from None
+
+    def _dying(self, grace: float = 2.0) -> bool:
+        """True when the connection is gone or goes within `grace` s: paramiko closes the
+        channels of a dead connection just before it marks the connection inactive. (A command
+        killed by a signal also ends without an exit status, on a live connection.)"""
+        deadline = time.monotonic() + grace
+        while self.connected():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def connected(self) -> bool:
+        transport = self.conn.client.get_transport()
+        return transport is not None and bool(transport.is_active())
 
     def close(self) -> None:
         self.conn.close()
 
 
 def connect(host: Host, ssh: SshSettings, *, sudo_password: Secret | None = None) -> Remote:
-    """Open the one connection to `host`, refusing unknown or changed host keys."""
+    """Open the one connection to `host`, refusing unknown or changed host keys (and a
+    private key others can read, as OpenSSH does: ConfigError)."""
+    check_identity(ssh)
     connect_kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False}
     if ssh.identity is not None:
         connect_kwargs["key_filename"] = [str(ssh.identity)]
@@ -221,7 +267,8 @@ def connect(host: Host, ssh: SshSettings, *, sudo_password: Secret | None = None
             f"host key for {where} CHANGED: it offered {exc.key.get_name()} "
             f"{fingerprint(exc.key)}, {ssh.known_hosts} has {fingerprint(exc.expected_key)}. "
             "This can mean someone is intercepting the connection. If the host was really "
-            f"rebuilt, remove the old line and run: inv hosts.trust --hosts {host.name}"
+            f"rebuilt, check the new fingerprint out of band, then record it with: "
+            f"inv hosts.trust --hosts {host.name} --replace"
         ) from None
     except paramiko.AuthenticationException as exc:
         conn.close()

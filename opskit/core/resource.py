@@ -60,6 +60,19 @@ class Resource:
         {"stat": paths, "sha256": paths, "unit": systemd units}. Only an optimisation."""
         return {}
 
+    def config_check(self) -> tuple[str, str] | None:
+        """(command, path): the check of the whole configuration of the service this resource
+        configures (`nginx -t`, `sshd -t`), or None. The engine runs each distinct command in the
+        one probe while `path` exists, and a failing one fails the host even when nothing
+        changes (a stray file opskit does not manage can break the service)."""
+        return None
+
+    def staging_dir(self) -> str | None:
+        """Where script() stages a new file (`.opskit.XXXXXX`) before moving it in place. A run
+        that died there (connection lost) leaves it behind: the engine's probe finds such files
+        and the next run removes them."""
+        return None
+
     def plan(self, state: str, changed: frozenset[str]) -> Plan:
         """Decide from the probe output (pure). `changed`: ids of resources changing before."""
         raise NotImplementedError

@@ -44,10 +44,11 @@ class HostResult:
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
     refused: bool = False  # bad input for this host (e.g. an unsupported release): untouched
+    lost: bool = False  # the connection died during a step: what that step did is unknown
 
     @property
     def failed(self) -> bool:
-        return self.error is not None and not self.unreachable
+        return self.error is not None and not self.unreachable and not self.lost
 
     @property
     def ok_count(self) -> int:

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from opskit.core.artifacts import cache_dir
 from opskit.core.engine import ConvergeError, FactsChanged, converge
-from opskit.core.errors import ConfigError, ConnectError, OpsError
+from opskit.core.errors import ConfigError, ConnectError, ConnectionLost, OpsError
 from opskit.core.facts import GUESS, Facts, FactsCache, check_supported, release_vars
-from opskit.core.inventory import Host, Inventory
-from opskit.core.remote import Remote, connect
+from opskit.core.inventory import Host, Inventory, check_identity
+from opskit.core.remote import TRANSPORT_ERRORS, Remote, connect
 from opskit.core.resource import Resource
 from opskit.core.result import Change, HostResult
 from opskit.core.roles import available_roles
@@ -59,6 +59,7 @@ def run_on_hosts(
     On Ctrl-C, hosts not started are skipped, started ones finish their current step, and
     KeyboardInterrupt is re-raised.
     """
+    check_identity(inventory.ssh, f"{inventory.path}: ssh.identity")  # before any host
     stop = threading.Event()
 
     def one(host: Host) -> HostResult:
@@ -77,6 +78,13 @@ def run_on_hosts(
                 seconds=time.monotonic() - started,
                 notes=tuple(ctx.notes),
             )
+        except ConnectionLost as exc:
+            result = _lost(host, exc, remote, started)
+        except TRANSPORT_ERRORS as exc:  # a transport error that no step turned into one
+            if remote is None or remote.connected():
+                result = _unexpected(host, exc, remote, started)
+            else:
+                result = _lost(host, remote.lost("a step", exc), remote, started)
         except ConnectError as exc:
             result = HostResult(
                 host.name, error=str(exc), unreachable=True, seconds=time.monotonic() - started
@@ -98,18 +106,7 @@ def run_on_hosts(
                 seconds=time.monotonic() - started,
             )
         except Exception as exc:  # one bad host never stops the others
-            if not isinstance(exc, OpsError):
-                log.exception("[%s] unexpected error", host.name)
-            msg = redact(
-                f"{exc}" if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}",
-                host.secrets,
-            )
-            result = HostResult(
-                host.name,
-                error=msg,
-                commands=remote.commands if remote else 0,
-                seconds=time.monotonic() - started,
-            )
+            result = _unexpected(host, exc, remote, started)
         finally:
             if remote is not None:
                 remote.close()
@@ -127,6 +124,30 @@ def run_on_hosts(
         raise
     pool.shutdown(wait=True)
     return results
+
+
+def _lost(host: Host, exc: ConnectionLost, remote: Remote | None, started: float) -> HostResult:
+    return HostResult(
+        host.name,
+        error=redact(str(exc), host.secrets),
+        commands=remote.commands if remote else 0,
+        seconds=time.monotonic() - started,
+        lost=True,
+    )
+
+
+def _unexpected(host: Host, exc: Exception, remote: Remote | None, started: float) -> HostResult:
+    if not isinstance(exc, OpsError):
+        log.exception("[%s] unexpected error", host.name)
+    msg = redact(
+        f"{exc}" if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}", host.secrets
+    )
+    return HostResult(
+        host.name,
+        error=msg,
+        commands=remote.commands if remote else 0,
+        seconds=time.monotonic() - started,
+    )
 
 
 def role_resources(host: Host, roles: Sequence[str], facts: Facts | None = None) -> list[Resource]:

@@ -100,6 +100,14 @@ class File(Resource):
     def prefetch(self) -> Mapping[str, Sequence[str]]:
         return {"stat": [self.path], "sha256": [self.path]}
 
+    def config_check(self) -> tuple[str, str] | None:
+        # The check run after a change checks the whole configuration: the engine also runs it
+        # in every probe, so a broken service fails the host even when this file is right.
+        return (self.check_after, self.path) if self.check_after else None
+
+    def staging_dir(self) -> str | None:
+        return str(Path(self.path).parent)
+
     @staticmethod
     def parse(state: str) -> FileState | None:
         """Parse the probe output.

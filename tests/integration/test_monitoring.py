@@ -130,14 +130,31 @@ def check(path, host):
 
 
 @pytest.fixture(scope="module")
-def mon(tmp_path_factory, lab_spec):
+def mon(tmp_path_factory, lab_spec, request):
     """(spec, inventory path, inventory, web host names) with the health server on web hosts and
     a local PostgreSQL on every host for the database check (127.0.0.1: the lab image has it, off
-    until a role starts it; hosts without the postgresql role get it stopped again after)."""
+    until a role starts it; hosts without the postgresql role get it stopped again after). The
+    lab is left as found: the health server's unit and files are removed after the module, also
+    when a test or this setup fails (a later audit would report its port 3999)."""
     tmp = tmp_path_factory.mktemp("monitoring")
     path = make_inventory(tmp, lab_spec)
     inventory = load_inventory(path)
     web = list(inventory.groups["web"])
+
+    def remove_health_server():
+        script = (
+            "systemctl disable --now opskit-test-health 2>/dev/null; "
+            "rm -f /etc/systemd/system/opskit-test-health.service; "
+            "rm -rf /usr/local/lib/opskit-test; systemctl daemon-reload; "
+            "systemctl reset-failed opskit-test-health 2>/dev/null; true"
+        )
+        for name in web:
+            exec_in(lab_spec, name, ["sh", "-c", script])
+            # An error here fails the module's teardown: the lab must be left as found.
+            listening = exec_in(lab_spec, name, ["ss", "-Htln", f"sport = :{HEALTH_PORT}"])
+            assert listening.stdout.strip() == "", (name, listening.stdout)
+
+    request.addfinalizer(remove_health_server)
     for name in web:
         script = (
             "mkdir -p /usr/local/lib/opskit-test /var/log/labapp && "

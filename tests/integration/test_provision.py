@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
+import sys
+import time
 
 from opskit.core.inventory import load_inventory
+from opskit.core.roles import REPO
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.fleet.verify import run_verify
 from opskit.lab.nspawn import exec_in
@@ -215,3 +219,61 @@ def test_12_sudo_with_a_password_from_a_secret(tmp_path, lab_spec, lab_inventory
         assert "wrong-pw-999" not in bad.stdout + bad.stderr
     finally:
         exec_in(lab_spec, db1.name, ["sh", "-c", "rm -f /etc/sudoers.d/ops2; userdel -r ops2"])
+
+
+def test_13_a_stray_broken_nginx_file_fails_provision_naming_it(lab_spec, lab_inventory):
+    """Issue 16: a file opskit does not manage breaks `nginx -t`; provision must not say ok."""
+    web1 = lab_inventory.hosts[0].name
+    stray = "/etc/nginx/conf.d/zz-stray.conf"
+    try:
+        exec_in(lab_spec, web1, ["sh", "-c", f"echo 'bogus_directive on;' > {stray}"])
+        cli = inv("provision", "--hosts", web1)
+        assert cli.returncode == 1, cli.stdout + cli.stderr
+        assert f"[{web1}] FAILED   a config check fails (opskit changed nothing here)" in cli.stdout
+        assert "nginx -t fails" in cli.stdout and stray in cli.stdout, cli.stdout
+        assert "changed=0 failed=1" in cli.stdout and "Traceback" not in cli.stderr
+        check = inv("provision", "--hosts", web1, "--check")
+        assert check.returncode == 1 and stray in check.stdout, check.stdout
+    finally:
+        exec_in(lab_spec, web1, ["rm", "-f", stray])
+    [again] = provision(lab_inventory, [web1])
+    assert again.error is None and again.changed_count == 0 and again.commands == 1
+
+
+def test_14_sshd_killed_mid_provision_is_a_lost_connection_without_traceback(
+    lab_spec, lab_inventory
+):
+    """Issue 16: the session's sshd dies while the probe runs (held there by a slow `nginx`)."""
+    web1 = lab_inventory.hosts[0].name
+    started = "/run/opskit-test-probe-started"
+    wrapper = f'#!/bin/sh\ntouch {started}\nsleep 6\nexec /usr/sbin/nginx "$@"\n'
+    setup = f"cat > /usr/local/sbin/nginx && chmod 755 /usr/local/sbin/nginx && rm -f {started}"
+    exec_in(lab_spec, web1, ["sh", "-c", setup], input=wrapper)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "provision", "--hosts", web1],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "OPSKIT_INVENTORY": str(LAB_INVENTORY)},
+        )
+        deadline = time.monotonic() + 60
+        while exec_in(lab_spec, web1, ["test", "-e", started]).returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, "the probe never ran"
+            time.sleep(0.2)
+        # The sshd processes of this run's session, by id (the listener stays: the lab lives on).
+        pids = exec_in(lab_spec, web1, ["pgrep", "-f", "^sshd(-session)?: deploy"]).stdout.split()
+        assert pids
+        exec_in(lab_spec, web1, ["kill", "-KILL", *pids])
+        out, err = proc.communicate(timeout=120)
+    finally:
+        exec_in(lab_spec, web1, ["rm", "-f", "/usr/local/sbin/nginx", started])
+    assert proc.returncode == 1, out + err
+    assert f"[{web1}] LOST     connection lost during read state" in out, out
+    assert "lost=1" in out and "1 lost (connection lost)" in out
+    assert "Traceback" not in out + err and "Socket is closed" not in out + err
+    time.sleep(6)  # the orphaned probe ends; the next run works as usual
+    [again] = provision(lab_inventory, [web1])
+    assert again.error is None and again.changed_count == 0

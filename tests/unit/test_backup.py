@@ -333,3 +333,28 @@ def test_outcomes_as_text():
     gone = hosts.HostOutcome("db3", error="no route", unreachable=True)
     assert text.format_drill(gone) == "[db3] UNREACHABLE  no route\n"
     assert text.outcome_json(failed)["error"].startswith("restore REFUSED")
+
+
+def test_an_unknown_backup_key_is_refused_from_the_laptop(moto_url):
+    """`backup.restore|verify --backup KEY`: the laptop reads the bucket itself, so a key that is
+    not there exits 2 (did-you-mean, `inv backup.list`) before any host is touched."""
+    from invoke.exceptions import Exit
+
+    from cli.backup import _check_backup_key
+
+    cfg = _cfg(moto_url)
+    client = store_for(cfg).client
+    client.create_bucket(Bucket="unit-list")
+    key = "pg/db9/app/app-20250101T000000Z.dump"
+    client.put_object(Bucket="unit-list", Key=key, Body=b"dump")
+    _check_backup_key(cfg, key)
+    _check_backup_key(cfg, "latest")
+    with pytest.raises(Exit) as err:
+        _check_backup_key(cfg, key.replace("0101", "0102"))
+    assert err.value.code == 2
+    assert err.value.message == (
+        f"error: --backup: no backup '{key.replace('0101', '0102')}' in s3://unit-list "
+        f"(did you mean '{key}'?); see `inv backup.list`"
+    )
+    with pytest.raises(Exit, match="no-such-key"):
+        _check_backup_key(cfg, "no-such-key")

@@ -373,3 +373,74 @@ def test_resources_are_built_at_load_with_their_handler_references(tmp_path, wat
     assert load_inventory(path, roles=roles, build=False).hosts[0].roles == ("demo",)
     good = write(tmp_path, one_host("roles: []", roles="demo"), "good.yml")
     assert load_inventory(good, roles=roles).hosts[0].vars["demo_watch"] == "file:/etc/demo.conf"
+
+
+# --- what YAML, addresses and key files can get wrong (issue 16) ----------------------------
+
+
+def test_a_host_listed_twice_in_a_group_is_refused_naming_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys: the host would silently move to another address."""
+    twice = GOOD.replace(
+        "      web2: {address: 10.0.0.12,",
+        "      web1: {address: 10.0.0.99}\n      web2: {address: 10.0.0.12,",
+    )
+    path = write(tmp_path, twice)
+    with pytest.raises(ConfigError) as err:
+        load_inventory(path, roles=ROLES)
+    assert str(err.value) == (
+        f"{path}:10:7: invalid YAML: duplicate key 'web1' (first at line 9); YAML would keep "
+        "only the last: remove one"
+    )
+    # Anchors and merges still work; a key a merge brings may be overridden.
+    merged = GOOD.replace("vars: {app_port: 3001}", "vars: &v {app_port: 3001}").replace(
+        "{address: 10.0.0.21, port: 2222, user: root}",
+        "{address: 10.0.0.21, port: 2222, user: root, vars: {<<: *v, app_port: 3002}}",
+    )
+    assert load(tmp_path, merged).host("db1").vars["app_port"] == 3002
+
+
+@pytest.mark.parametrize("address", ["10.213.0.300", "10.0.0", "1.2.3.4.5", "fe80::zz"])
+def test_an_address_that_looks_like_an_ip_must_be_one(tmp_path, address):
+    path = write(tmp_path, GOOD.replace("10.0.0.11", address))
+    with pytest.raises(ConfigError) as err:
+        load_inventory(path, roles=ROLES)
+    assert str(err.value) == (
+        f"{path}: groups.web.hosts.web1.address: not a valid IP address: {address!r}"
+    )
+
+
+def test_a_host_name_address_is_still_accepted(tmp_path):
+    assert load(tmp_path, GOOD.replace("10.0.0.11", "web1.example.com")).hosts[0].address == (
+        "web1.example.com"
+    )
+
+
+def test_a_missing_or_open_private_key_is_refused_before_any_connection(tmp_path, monkeypatch):
+    from opskit.core import runner
+    from opskit.core.inventory import check_identity
+
+    key = tmp_path / "id_ed25519"
+    path = write(tmp_path, GOOD.replace("ssh: {", f"ssh: {{identity: {key}, "))
+    inv = load_inventory(path, roles=ROLES)
+    connected = []
+    monkeypatch.setattr(runner, "connect", lambda *a, **k: connected.append(a))
+
+    def run():
+        runner.run_on_hosts(inv, inv.hosts, lambda remote, ctx: [])
+
+    with pytest.raises(ConfigError) as err:
+        run()
+    assert str(err.value) == f"{path}: ssh.identity: {key}: no such private key file"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"permissions 0644 for .* are too open") as err:
+        run()
+    assert f"chmod 600 {key}" in str(err.value)
+    key.chmod(0o640)
+    with pytest.raises(ConfigError, match="permissions 0640"):
+        check_identity(inv.ssh)
+    assert connected == []
+    key.chmod(0o600)
+    check_identity(inv.ssh)
+    run()
+    assert len(connected) == len(inv.hosts)

@@ -57,3 +57,40 @@ def test_bad_input_exits_2_and_names_the_problem(tmp_path) -> None:
     )
     assert out.returncode == 2
     assert str(bad) in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["provision", "--workers", "0"], "--workers: expected a whole number >= 1, got '0'"),
+        (["provision", "--workers", "-3"], "--workers: expected a whole number >= 1, got '-3'"),
+        (["provision", "--workers", "abc"], "--workers: expected a whole number >= 1, got 'abc'"),
+        (["audit", "--workers", "2.5"], "--workers: expected a whole number >= 1, got '2.5'"),
+        (["deploy", "--health-timeout", "-5"], "--health-timeout: expected a number > 0"),
+        (["deploy", "--health-timeout", "0"], "--health-timeout: expected a number > 0"),
+        (["deploy", "--batch", "0"], "--batch: expected a whole number >= 1, got '0'"),
+        (["rollback", "--steps", "0"], "--steps: expected a whole number >= 1, got '0'"),
+        (["rollback", "--health-timeout", "nan"], "--health-timeout: expected a number > 0"),
+        (["audit", "--since-hours", "-1"], "--since-hours: expected a number > 0, got '-1'"),
+        (["releases", "--journal", "-1"], "--journal: expected a whole number >= 0"),
+        (["status", "--samples", "x"], "--samples: expected a whole number >= 0, got 'x'"),
+        (["lab.inbox", "--last", "0"], "--last: expected a whole number >= 1, got '0'"),
+        (
+            ["run", "--timeout", "soon", "--command", "true"],
+            "--timeout: expected a number >= 0, got 'soon'",
+        ),
+    ],
+)
+def test_numeric_flags_are_checked_before_the_inventory_is_read(tmp_path, args, message) -> None:
+    """Exit 2 naming the flag, no traceback, and nothing read: the inventory does not exist."""
+    out = subprocess.run(
+        [sys.executable, "-m", "invoke", *args, "-i", str(tmp_path / "none.yml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"error: {message}" in out.stderr and "Traceback" not in out.stderr
+    assert out.stdout == ""
