@@ -560,8 +560,10 @@ def test_11c_free_plan_sync_of_two_apps_paced_killed_and_resumed(mon, tmp_path):
     declared_monitors = [
         {"name": f"{app} {run} {what}", "type": "HTTP", "url": f"http://{app}.example/{what}"}
         for app in ("shop", "blog")
-        for what in ("home", "health", "login", "cart", "search")
+        for what in ("home", "health", "login", "cart", "search", "about", "admin", "api")
     ]
+    # 16 creates and a list: more than one window's 10 requests, so the sync must wait at least
+    # once before the last create, however the windows fall; it is killed before it can.
     two_apps = make_inventory(
         tmp_path, spec, web={"healthcheck_uptimerobot_monitors": declared_monitors}
     )
