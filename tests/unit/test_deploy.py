@@ -179,6 +179,37 @@ def test_app_layout_validates_names():
             dep.AppLayout.from_vars({**v, **bad})
 
 
+def test_restore_wraps_the_app_stop_and_start_in_the_maintenance_switch():
+    from opskit.backup import restore
+    from opskit.core.inventory import Host
+
+    web = Host(
+        "web1",
+        "10.0.0.1",
+        22,
+        "deploy",
+        ("web",),
+        ("app", "nginx"),
+        {"app_name": "shop", "app_port": 3000, "app_health_path": "/health"},
+    )
+    on = restore.maintenance_on(web, "systemctl stop pm2-app")
+    assert on.index("touch /var/lib/opskit/maintenance/shop") < on.index("systemctl stop")
+    off = restore.maintenance_off(web, "systemctl start pm2-app")
+    assert off.index("systemctl start") < off.index("http://127.0.0.1:3000/health")
+    assert off.index("http://127.0.0.1:3000/health") < off.index("rm -f /var/lib/opskit/")
+    assert off.endswith("exit $rc")  # the start command's exit status is the result
+    db = Host("db1", "10.0.0.2", 22, "deploy", ("db",), ("postgresql",), {})
+    assert restore.maintenance_on(db, "x") == "x" and restore.maintenance_off(db, "y") == "y"
+
+
+def test_app_candidate_port_must_be_spare():
+    v = {"app_name": "shop", "app_user": "shop", "app_port": 3000}
+    assert dep.AppLayout.from_vars(v).spare_port == 3001
+    assert dep.AppLayout.from_vars({**v, "app_candidate_port": 4000}).spare_port == 4000
+    with pytest.raises(ConfigError, match="app_candidate_port: 3000 is app_port"):
+        dep.AppLayout.from_vars({**v, "app_candidate_port": 3000})
+
+
 def test_activation_params_validate_the_gate():
     v = {
         "app_health_timeout": 30,
@@ -200,6 +231,8 @@ def test_activation_params_validate_the_gate():
         health_timeout=5,
     )
     assert p["HEALTH_URL"] == "http://127.0.0.1:3000/health" and p["HEALTH_TIMEOUT"] == "5"
+    assert p["CANDIDATE_URL"] == "http://127.0.0.1:3001/health"
+    assert p["CANDIDATE"] == "shop-candidate"
     assert p["PRUNE"] == "a b"
     # the parameters survive the trip through the sourced file
     cmd = dep.activate_command(lo, p, wait=10)
@@ -548,7 +581,10 @@ def test_ecosystem_file_is_secret_and_has_the_environment():
     [eco] = [r for r in app.resources(v) if r.id.endswith("ecosystem.config.js")]
     assert eco.sensitive and eco.mode == 0o600 and eco.owner == "shop"
     assert '"SENTRY_DSN": "https://k@s/1"' in eco.content and '"WORKERS": "2"' in eco.content
-    assert "SENTRY_RELEASE: currentRelease()" in eco.content
+    assert "{ SENTRY_RELEASE: releaseOf(dir) }" in eco.content
+    # a deploy starts the release beside the live app: one process on the spare port
+    assert 'candidate ? { PORT: "3001" } : {}' in eco.content
+    assert 'name: candidate ? "shop-candidate" : "shop"' in eco.content
     assert eco.plan("absent\n", frozenset()).diff == ""  # never shown
 
 
@@ -562,6 +598,12 @@ def test_nginx_site(tmp_path):
     assert "listen 80 default_server;" in site.content
     assert 'add_header X-Content-Type-Options "nosniff" always;' in site.content
     assert [r.id for r in res][1] == "absent:/etc/nginx/sites-enabled/default"
+    # the maintenance switch: a flag file makes every request a 503 with Retry-After
+    assert "if (-f /var/lib/opskit/maintenance/shop) {\n        return 503;" in site.content
+    assert "error_page 503 @opskit_maintenance;" in site.content
+    assert 'add_header Retry-After "30" always;' in site.content
+    page = site.content.split("location @opskit_maintenance {", 1)[1].split("}", 1)[0]
+    assert 'add_header X-Content-Type-Options "nosniff" always;' in page  # not lost there
     keep = ng.resources(_role_vars("nginx", nginx_remove_default_site=False))
     [site] = [r for r in keep if r.id.startswith("file:")]
     assert "default_server" not in site.content
