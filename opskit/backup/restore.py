@@ -136,33 +136,48 @@ def _app_hosts(inventory: Inventory, cfg: BackupConfig) -> list[Host]:
     return inventory.select([cfg.app_hosts])
 
 
+def _health_url(host: Host) -> str | None:
+    port = host.vars.get("app_port")
+    if isinstance(port, bool) or not isinstance(port, int):
+        return None
+    return f"http://127.0.0.1:{port}{host.vars.get('app_health_path') or '/'}"
+
+
 def maintenance_on(host: Host, stop: str) -> str:
     """`stop` (the app's stop command), after the maintenance switch is on for the host's app:
-    its nginx answers 503 with Retry-After while the app is down, not 502."""
+    its nginx answers 503 with Retry-After while the app is down, not 502. The flag file notes
+    the HTTP status the app answered before (000: nothing answered)."""
     app = str(host.vars.get("app_name") or "")
-    if not app or "nginx" not in host.roles:
+    url = _health_url(host)
+    if not app or "nginx" not in host.roles or url is None:
         return stop
-    return f"install -d -m 0755 {q(MAINTENANCE_DIR)} && touch {q(maintenance_flag(app))}\n{stop}"
+    flag = q(maintenance_flag(app))
+    return (
+        f"install -d -m 0755 {q(MAINTENANCE_DIR)}\n"
+        f"code=$(curl -s -o /dev/null -m 2 -w '%{{http_code}}' {q(url)}) || true\n"
+        f'echo "${{code:-000}}" > {flag}.new && mv -f {flag}.new {flag}\n'
+        f"{stop}"
+    )
 
 
 def maintenance_off(host: Host, start: str) -> str:
-    """`start` (the app's start command), then the maintenance switch off once the app answers
-    HTTP again (at most 30 s), so that no request meets a 502 in between."""
+    """`start` (the app's start command), then the maintenance switch off: once the app answers
+    HTTP again (at most 30 s) if it answered before the stop, so no request meets a 502."""
     app = str(host.vars.get("app_name") or "")
-    if not app or "nginx" not in host.roles:
+    url = _health_url(host)
+    if not app or "nginx" not in host.roles or url is None:
         return start
-    port = host.vars.get("app_port")
-    path = str(host.vars.get("app_health_path") or "/")
-    wait = ""
-    if isinstance(port, int):
-        url = q(f"http://127.0.0.1:{port}{path}")
-        wait = (
-            "for _ in $(seq 150); do\n"
-            f"  code=$(curl -s -o /dev/null -m 1 -w '%{{http_code}}' {url}) || true\n"
-            '  [ "${code:-000}" = 000 ] || break; sleep 0.2\n'
-            "done\n"
-        )
-    return f"set +e\n{start}\nrc=$?\n{wait}rm -f {q(maintenance_flag(app))}\nexit $rc"
+    flag = q(maintenance_flag(app))
+    return (
+        f"set +e\n{start}\nrc=$?\n"
+        f'if [ "$(cat {flag} 2>/dev/null || echo 000)" != 000 ]; then\n'
+        "  for _ in $(seq 150); do\n"
+        f"    code=$(curl -s -o /dev/null -m 1 -w '%{{http_code}}' {q(url)})\n"
+        '    [ "${code:-000}" = 000 ] || break; sleep 0.2\n'
+        "  done\n"
+        "fi\n"
+        f"rm -f {flag}\nexit $rc"
+    )
 
 
 def _on_app_hosts(

@@ -193,7 +193,7 @@ def test_restore_wraps_the_app_stop_and_start_in_the_maintenance_switch():
         {"app_name": "shop", "app_port": 3000, "app_health_path": "/health"},
     )
     on = restore.maintenance_on(web, "systemctl stop pm2-app")
-    assert on.index("touch /var/lib/opskit/maintenance/shop") < on.index("systemctl stop")
+    assert on.index("> /var/lib/opskit/maintenance/shop") < on.index("systemctl stop")
     off = restore.maintenance_off(web, "systemctl start pm2-app")
     assert off.index("systemctl start") < off.index("http://127.0.0.1:3000/health")
     assert off.index("http://127.0.0.1:3000/health") < off.index("rm -f /var/lib/opskit/")
