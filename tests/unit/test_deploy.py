@@ -617,3 +617,120 @@ def test_nginx_site(tmp_path):
         with pytest.raises(ConfigError):
             check_host_vars(available_roles(), ["nginx"], _role_vars("nginx", **bad))  # at load
             ng.resources(_role_vars("nginx", **bad))
+
+
+# --- the fleet's deploy lock (FleetLock), with fake host locks ---------------------------------
+
+
+class _FakeRemote:
+    def __init__(self, host):
+        self.host, self.name = host, host.name
+
+
+def _fleet(monkeypatch, names, held_by=None):
+    """Hosts `names`; `held_by` maps a host to the holder that refuses its lock. Returns the
+    hosts and a log of what happened, in order."""
+    from opskit.core.inventory import Host
+    from opskit.core.result import HostResult
+
+    events: list[str] = []
+
+    class FakeLock:
+        def __init__(self, remote, layout, info):
+            self.name = remote.name
+
+        def __enter__(self):
+            if held_by and self.name in held_by:
+                raise dep.LockedError(f"refused: {dep.describe_lock(held_by[self.name])}")
+            events.append(f"lock {self.name}")
+            return self
+
+        def __exit__(self, *exc):
+            events.append(f"unlock {self.name}")
+
+    def fake_run_on_hosts(inventory, hosts, work, *, workers, sudo_password, on_result):
+        import threading
+
+        results = {}
+
+        def one(h):
+            try:
+                work(_FakeRemote(h), None)
+                r = HostResult(h.name)
+            except Exception as exc:
+                r = HostResult(h.name, error=str(exc))
+            on_result(r)
+            results[h.name] = r
+
+        threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        return [results[h.name] for h in hosts]
+
+    monkeypatch.setattr(dep, "HostLock", FakeLock)
+    monkeypatch.setattr(dep, "run_on_hosts", fake_run_on_hosts)
+    v = {"app_name": "shop", "app_user": "shop", "app_port": 3000}
+    hosts = [Host(n, "10.0.0.1", 22, "deploy", ("web",), ("app",), v) for n in names]
+    return hosts, events
+
+
+def test_fleet_lock_changes_nothing_unless_every_host_is_locked(monkeypatch):
+    holder = {"owner": "alice@laptop", "since": "T", "action": "deploy v3", "message": "m"}
+    hosts, events = _fleet(monkeypatch, ["web1", "web2", "web3"], held_by={"web2": holder})
+    built = []
+    prepare = dep.Once(lambda: built.append(1))
+
+    def work(remote, ctx):
+        events.append(f"work {remote.name}")
+        return []
+
+    results = dep.run_in_batches(None, hosts, work, batch=1, prepare=prepare)
+    errors = {r.host: r.error for r in results}
+    assert errors["web2"] == "refused: a deploy holds the lock: alice@laptop since T (deploy v3: m)"
+    for name in ("web1", "web3"):
+        assert errors[name].startswith("not run: web2: refused: a deploy holds the lock: alice")
+    assert not [e for e in events if e.startswith("work")] and built == []  # nothing, anywhere
+    assert "lock web3" not in events  # locks are taken in name order: it stopped at web2
+    assert events == ["lock web1", "unlock web1"]
+
+
+def test_fleet_lock_holds_every_host_then_runs_the_batches_in_turn(monkeypatch):
+    hosts, events = _fleet(monkeypatch, ["web2", "web1", "web3"])
+    prepare = dep.Once(lambda: events.append("build") or "artifact")
+
+    def work(remote, ctx):
+        assert prepare() == "artifact"
+        events.append(f"work {remote.name}")
+        if remote.name == "web1":
+            raise dep.DeployError("health gate failed")
+        return []
+
+    results = dep.run_in_batches(None, hosts, work, batch=2, prepare=prepare)
+    errors = {r.host: r.error for r in results}
+    assert errors["web2"] is None and errors["web1"] == "health gate failed"
+    assert errors["web3"] == "not run: batch 1 failed (web1); this host is unchanged"
+    locks = [e for e in events if e.startswith("lock")]
+    assert locks == ["lock web1", "lock web2", "lock web3"]
+    first_change = min(
+        events.index("build"), *(events.index(f"work {n}") for n in ("web1", "web2"))
+    )
+    assert all(events.index(lock) < first_change for lock in locks)  # all held before any change
+    assert events.count("build") == 1 and "work web3" not in events
+    assert sorted(e for e in events if e.startswith("unlock")) == [
+        "unlock web1",
+        "unlock web2",
+        "unlock web3",
+    ]
+
+
+def test_fleet_lock_a_failed_build_is_raised_once_every_lock_is_gone(monkeypatch):
+    hosts, events = _fleet(monkeypatch, ["web1", "web2"])
+
+    def build():
+        raise ConfigError("--ref nope: no such commit")
+
+    with pytest.raises(ConfigError, match="no such commit"):
+        dep.run_in_batches(None, hosts, lambda r, c: [], batch=1, prepare=dep.Once(build))
+    assert sorted(events) == ["lock web1", "lock web2", "unlock web1", "unlock web2"]
