@@ -52,7 +52,7 @@ gate() {  # gate RELEASE URL [strict]: healthy SUCCESSES times in a row, served 
           GATE_DETAIL="HTTP 200 but the body does not match $HEALTH_MATCH: $(printf '%s' "$body" | tr '\n' ' ' | cut -c1-200)"
           GATE_SECONDS=$(secs "$start"); return 1
         elif [ "$code" != 000 ]; then GATE_SECONDS=$(secs "$start"); return 1
-        elif [ -n "${CANDIDATE_PID:-}" ] && ! kill -0 "$CANDIDATE_PID" 2>/dev/null; then
+        elif ! candidate_runs; then
           GATE_DETAIL="the release's process exited (curl exit $rc: $(printf '%s' "$body" | tr '\n' ' ' | cut -c1-150))"
           GATE_SECONDS=$(secs "$start"); return 1
         fi
@@ -62,6 +62,13 @@ gate() {  # gate RELEASE URL [strict]: healthy SUCCESSES times in a row, served 
     if [ $(( ($(date +%s%N) - start) / 1000000 )) -ge "$limit" ]; then GATE_SECONDS=$(secs "$start"); return 1; fi
     sleep "$HEALTH_INTERVAL"
   done
+}
+candidate_runs() {  # the candidate's process is still the one that started (no crash, no restart)
+  if [ -z "${CANDIDATE_PID:-}" ]; then  # none when it started: maybe it is still launching
+    CANDIDATE_PID=$(pm2 pid "$CANDIDATE" 2>/dev/null | head -n1)
+    [ -n "$CANDIDATE_PID" ] && [ "$CANDIDATE_PID" != 0 ] || { CANDIDATE_PID=""; return 1; }
+  fi
+  kill -0 "$CANDIDATE_PID" 2>/dev/null
 }
 candidate_stop() { pm2 delete "$CANDIDATE" >/dev/null 2>&1 || true; }
 candidate() {  # candidate RELEASE: start it beside the live app on the spare port and gate it there

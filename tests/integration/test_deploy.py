@@ -1,9 +1,10 @@
 """App hosting on lab hosts: the app and nginx roles, `inv deploy`, `inv rollback`, `inv releases`.
 
 The app deployed is the sample app (app/sample) from a demo repo that app/sample/make-demo-repo
-makes with tags v1, v2, broken (its /health answers 503), v3 and slow (listens only 6 s after it
-started). Requests go through nginx on port 80 of the web hosts, sampled every 50 ms while
-deploys and rollbacks run. Tests run in file order and build on each other.
+makes with tags v1, v2, broken (its /health answers 503), v3, slow (listens only 6 s after it
+started) and crash (exits at start). Requests go through nginx on port 80 of the web hosts,
+sampled every 50 ms while deploys and rollbacks run. Tests run in file order and build on each
+other.
 """
 
 from __future__ import annotations
@@ -248,12 +249,22 @@ def test_04_failed_deploy_never_reaches_live_traffic_nor_prunes(app_inventory, t
     gate = float(bad.stdout.split("health gate failed after ", 1)[1].split("s", 1)[0])
     assert gate < HEALTH_TIMEOUT / 2, bad.stdout
     assert version(web1.address) == "1.0.0"  # the previous release serves
+    # a release whose process exits at start: refused connections from a dead process are
+    # definite too
+    with Sampler(web1.address) as sampler:
+        crash = run(tight, "deploy", "--ref", "crash", "--hosts", web1.name)
+    assert crash.returncode == 1 and "the release's process exited" in crash.stdout, crash.stdout
+    gate = float(crash.stdout.split("health gate failed after ", 1)[1].split("s", 1)[0])
+    assert gate < HEALTH_TIMEOUT / 2 and sampler.failed == 0, (crash.stdout, sampler.report())
     state = host_state(app_inventory, web1.name)
     assert {r.name for r in before.releases} <= {r.name for r in state.releases}  # none pruned
     assert state.current == before.current
     broken = next(r for r in state.releases if r.label == "broken")
     assert broken.bad and "HTTP 503" in broken.bad["reason"]
-    assert state.journal[-1]["result"] == "failed" and state.journal[-1]["ref"] == "broken"
+    assert [j["result"] for j in state.journal if j["ref"] in ("broken", "crash")] == [
+        "failed",
+        "failed",
+    ]
     listing = run(app_inventory, "releases", "--hosts", web1.name)
     assert f"  ! {broken.name}  broken" in listing.stdout
     # deploy v3, then roll back: the bad release (between v2 and v3) is skipped

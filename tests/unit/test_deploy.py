@@ -507,8 +507,9 @@ def test_sample_app_demo_repo(tmp_path):
         check=True,
     ).stdout
     assert "broken" in out and "v3" in out
-    tags = {t: release.resolve_commit(tmp_path / "demo", t) for t in ("v1", "v2", "broken", "v3")}
-    assert len(set(tags.values())) == 4
+    names = ("v1", "v2", "broken", "v3", "slow", "crash")
+    tags = {t: release.resolve_commit(tmp_path / "demo", t) for t in names}
+    assert len(set(tags.values())) == 6
     show = subprocess.run(
         ["git", "-C", str(tmp_path / "demo"), "ls-tree", "--name-only", "broken"],
         capture_output=True,
