@@ -565,6 +565,7 @@ def activation_params(
         "ECOSYSTEM": layout.ecosystem,
         "HEALTH_URL": f"http://127.0.0.1:{layout.port}{path}",
         "CANDIDATE": layout.candidate,
+        "CANDIDATE_PORT": str(layout.spare_port),
         "CANDIDATE_URL": f"http://127.0.0.1:{layout.spare_port}{path}",
         "HEALTH_MATCH": str(v["app_health_match"] or ""),
         "HEALTH_TIMEOUT": f"{timeout:g}",
@@ -690,6 +691,8 @@ def lock_info(action: str, message: str) -> dict[str, str]:
 
 def _result_change(remote: Remote, act: Activation, what: str) -> Change:
     if not act.ok:
+        if not act.restored:  # refused before anything changed (no release marked)
+            raise DeployError(f"{act.detail}\nactivation log:\n{act.log}")
         raise DeployError(
             f"{act.detail}\n{act.target} is marked bad; {act.restored}\nactivation log:\n{act.log}"
         )

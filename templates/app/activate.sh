@@ -112,6 +112,10 @@ say "$ACTION: activating $TARGET (current: ${PREV:-none})"
 [ -d "$BASE/releases/$TARGET" ] || finish failed "release $TARGET does not exist" ""
 systemctl is-active -q "$PM2_SERVICE" || systemctl start "$PM2_SERVICE" || finish failed "could not start $PM2_SERVICE" ""
 # 1. The release proves itself beside the live app, which serves on untouched.
+candidate_stop  # one a killed activation may have left
+if ss -Hltn "sport = :$CANDIDATE_PORT" 2>/dev/null | grep -q .; then
+  finish failed "app_candidate_port $CANDIDATE_PORT is in use by another program: nothing changed" ""
+fi
 if candidate "$TARGET"; then
   say "$TARGET is healthy beside the live app after ${GATE_SECONDS}s"
   candidate_stop

@@ -442,6 +442,40 @@ def test_06b_maintenance_page_while_the_app_is_stopped(app_inventory):
     assert code == 200 and "retry-after" not in headers
 
 
+def test_06c_a_busy_spare_port_is_refused_and_changes_nothing(app_inventory, lab_spec):
+    from opskit.lab.nspawn import exec_in
+
+    web1 = app_inventory.host(web(app_inventory)[0])
+    before = host_state(app_inventory, web1.name)
+    busy = [
+        "systemd-run",
+        "--unit=opskit-test-spare-port",
+        "--collect",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        "3001",  # app_candidate_port: the gate would talk to this server instead of the release
+    ]
+    assert exec_in(lab_spec, web1.name, busy).returncode == 0
+    try:
+        deadline = time.monotonic() + 10
+        while exec_in(lab_spec, web1.name, ["curl", "-s", "http://127.0.0.1:3001/"]).returncode:
+            assert time.monotonic() < deadline, "the stand-in on the spare port did not start"
+            time.sleep(0.2)
+        out = run(app_inventory, "deploy", "--ref", "v2", "--hosts", web1.name)
+    finally:
+        exec_in(lab_spec, web1.name, ["systemctl", "stop", "opskit-test-spare-port"])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "app_candidate_port 3001 is in use by another program" in out.stdout
+    after = host_state(app_inventory, web1.name)
+    assert after.current == before.current and version(web1.address) == "3.0.0"
+    assert [r.bad for r in after.releases if r.name not in {b.name for b in before.releases}] == [
+        None
+    ]  # the release is there (unpacked), not marked bad: it was never tried
+
+
 def test_07_nginx_denies_dot_files_sends_headers_passes_websockets(app_inventory):
     address = app_inventory.host(web(app_inventory)[0]).address
     for path in ("/.env", "/.git/config", "/.git/HEAD", "/x/.env"):
@@ -513,7 +547,8 @@ def test_11_releases_and_journal(app_inventory):
     out = run(app_inventory, "releases", "--journal", "30")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("current: ") == len(web(app_inventory))
-    assert f"[{web1}] 5 release(s)" in out.stdout  # app_keep_releases
+    # app_keep_releases after the last good deploy, plus the release test_06c unpacked (never tried)
+    assert f"[{web1}] 6 release(s)" in out.stdout
     lines = out.stdout.splitlines()
     assert any(line.startswith("  * ") and " v3 " in line for line in lines)
     assert any(" rollback ok " in line for line in lines)
