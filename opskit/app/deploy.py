@@ -115,6 +115,17 @@ class HostState:
     lock: Mapping[str, Any] | None = None
     activating: bool = False
     journal: tuple[Mapping[str, Any], ...] = ()
+    spare_busy: bool = False  # something listens on app_candidate_port
+
+    def check_spare_port(self, layout: AppLayout) -> None:
+        """Refuse (nothing changed) when another program holds the spare port and no activation
+        runs (an activation's own candidate listens there while it runs)."""
+        if self.spare_busy and not self.activating:
+            raise DeployError(
+                f"app_candidate_port {layout.spare_port} is in use by another program: a release "
+                "proves itself there before it takes traffic; free it or choose another port "
+                "(nothing changed)"
+            )
 
     def find(self, name: str) -> Release | None:
         return next((r for r in self.releases if r.name == name), None)
@@ -138,6 +149,7 @@ if [ -s {d}/lock.json ]; then
   fi
 fi
 echo "@@activating $(systemctl is-active {q(layout.activate_unit)} 2>/dev/null || true)"
+echo "@@spare $(ss -Hltn 'sport = :{layout.spare_port}' 2>/dev/null | wc -l)"
 if [ {journal} -gt 0 ] && [ -f {d}/journal.jsonl ]; then
   echo "@@journal"; tail -n {journal} {d}/journal.jsonl
 fi
@@ -166,6 +178,7 @@ def parse_state(output: str) -> HostState:
     lock = None
     activating = False
     journal: list[Mapping[str, Any]] = []
+    spare_busy = False
     lines = output.splitlines()
     i = 0
     while i < len(lines):
@@ -185,12 +198,14 @@ def parse_state(output: str) -> HostState:
             i += 1
         elif line.startswith("@@activating"):
             activating = line.split(" ", 1)[-1].strip() in ("active", "activating")
+        elif line.startswith("@@spare "):
+            spare_busy = line.split(" ", 1)[1].strip() not in ("", "0")
         elif line == "@@journal":
             journal = [_json(j) for j in lines[i + 1 :] if j.strip()]
             break
         i += 1
     releases.sort(key=lambda r: r.name)
-    return HostState(tuple(releases), current, lock, activating, tuple(journal))
+    return HostState(tuple(releases), current, lock, activating, tuple(journal), spare_busy)
 
 
 def read_state(remote: Remote, layout: AppLayout, *, journal: int = 0) -> HostState:
@@ -718,6 +733,7 @@ def deploy_work(
         keep = int(v["app_keep_releases"])
         started = time.monotonic()
         state = read_state(remote, layout)
+        state.check_spare_port(layout)
         plan = plan_upload(state, art)
         code_path = deps_path = None
         if plan.send_code:
@@ -775,6 +791,7 @@ def rollback_work(
         layout = AppLayout.from_vars(v)
         state = read_state(remote, layout)
         target = choose_rollback(state, steps=steps, to=to)
+        state.check_spare_port(layout)
         params = activation_params(
             layout,
             v,

@@ -469,11 +469,10 @@ def test_06c_a_busy_spare_port_is_refused_and_changes_nothing(app_inventory, lab
         exec_in(lab_spec, web1.name, ["systemctl", "stop", "opskit-test-spare-port"])
     assert out.returncode == 1, out.stdout + out.stderr
     assert "app_candidate_port 3001 is in use by another program" in out.stdout
+    assert "(nothing changed)" in out.stdout
     after = host_state(app_inventory, web1.name)
     assert after.current == before.current and version(web1.address) == "3.0.0"
-    assert [r.bad for r in after.releases if r.name not in {b.name for b in before.releases}] == [
-        None
-    ]  # the release is there (unpacked), not marked bad: it was never tried
+    assert after.releases == before.releases  # nothing unpacked, nothing marked
 
 
 def test_07_nginx_denies_dot_files_sends_headers_passes_websockets(app_inventory):
@@ -547,8 +546,7 @@ def test_11_releases_and_journal(app_inventory):
     out = run(app_inventory, "releases", "--journal", "30")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("current: ") == len(web(app_inventory))
-    # app_keep_releases after the last good deploy, plus the release test_06c unpacked (never tried)
-    assert f"[{web1}] 6 release(s)" in out.stdout
+    assert f"[{web1}] 5 release(s)" in out.stdout  # app_keep_releases
     lines = out.stdout.splitlines()
     assert any(line.startswith("  * ") and " v3 " in line for line in lines)
     assert any(" rollback ok " in line for line in lines)

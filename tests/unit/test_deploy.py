@@ -208,6 +208,13 @@ def test_app_candidate_port_must_be_spare():
     assert dep.AppLayout.from_vars({**v, "app_candidate_port": 4000}).spare_port == 4000
     with pytest.raises(ConfigError, match="app_candidate_port: 3000 is app_port"):
         dep.AppLayout.from_vars({**v, "app_candidate_port": 3000})
+    lo = dep.AppLayout.from_vars(v)
+    assert "sport = :3001" in dep.state_script(lo)
+    dep.parse_state("@@activating inactive\n@@spare 0\n").check_spare_port(lo)  # free: fine
+    # an activation's own candidate listens there while it runs: not another program
+    dep.parse_state("@@activating active\n@@spare 1\n").check_spare_port(lo)
+    with pytest.raises(dep.DeployError, match="3001 is in use by another program"):
+        dep.parse_state("@@activating inactive\n@@spare 1\n").check_spare_port(lo)
 
 
 def test_activation_params_validate_the_gate():
