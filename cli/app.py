@@ -24,15 +24,26 @@ def _app_hosts(inventory, hosts):
     return inv, app_hosts(inv, selected)
 
 
-def _run_app_work(inv, selected, work, *, batch, json, ask_sudo_pass):
+def _run_app_work(inv, selected, work, *, batch, json, ask_sudo_pass, info, prepare=None):
     from opskit.app.deploy import run_in_batches
 
     password = cli.ask_sudo_password(ask_sudo_pass)
     emit = cli.printer(json_out=json, show_diff=False, verbose=False)
     try:
         results = run_in_batches(
-            inv, selected, work, batch=batch, sudo_password=password, on_result=emit
+            inv,
+            selected,
+            work,
+            batch=batch,
+            info=info,
+            prepare=prepare,
+            sudo_password=password,
+            on_result=emit,
         )
+    except ConfigError as exc:  # the build refused the input: every lock let go, nothing changed
+        raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
+    except OpsError as exc:
+        raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
     except KeyboardInterrupt:
         raise Exit(
             "interrupted: a host whose activation had started finishes it on its own (current "
@@ -73,17 +84,28 @@ def deploy(
     v = selected[0].vars
     try:
         repo = release.resolve_repo(v["app_repo"], inv.path.parent)
-        artifact = release.build(repo, v["app_repo_path"], ref)
+        sha = release.resolve_commit(repo, ref)
         opts = dep.Options(message, float(health_timeout) if health_timeout else None)
     except (ConfigError, ValueError) as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
     except OpsError as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
+
+    def build():
+        # Built once the fleet's deploy lock is held: a second deploy started meanwhile is
+        # refused whatever phase this one is in.
+        artifact = release.build(repo, v["app_repo_path"], ref)
+        if not json:
+            print(
+                f"deploying {v['app_name']} {artifact.describe} ({artifact.sha[:7]}) as release "
+                f"{artifact.name} to {len(selected)} host(s), {batch} at a time",
+                flush=True,
+            )
+        return artifact
+
+    artifact = dep.Once(build)
     if not json:
-        print(
-            f"deploying {v['app_name']} {artifact.describe} ({artifact.sha[:7]}) as release "
-            f"{artifact.name} to {len(selected)} host(s), {batch} at a time"
-        )
+        print(f"locking {len(selected)} host(s) for {v['app_name']} {ref} ({sha[:7]})", flush=True)
     started = datetime.now(UTC)
     _run_app_work(
         inv,
@@ -92,8 +114,11 @@ def deploy(
         batch=batch,
         json=json,
         ask_sudo_pass=ask_sudo_pass,
+        info=dep.lock_info(f"deploy {ref}", message),
+        prepare=artifact,
     )
-    _record_sentry_release(inv, selected, artifact.sha, started, ref=artifact.ref, json=json)
+    built = artifact()
+    _record_sentry_release(inv, selected, built.sha, started, ref=built.ref, json=json)
 
 
 def _record_sentry_release(inv, selected, sha, started, *, ref=None, json):
@@ -140,7 +165,16 @@ def rollback(
     landed: dict[str, str] = {}
     work = dep.rollback_work(steps=steps, to=to, opts=opts, landed=landed)
     started = datetime.now(UTC)
-    _run_app_work(inv, selected, work, batch=batch, json=json, ask_sudo_pass=ask_sudo_pass)
+    what = f"rollback to {to}" if to else f"rollback {steps} step(s)"
+    _run_app_work(
+        inv,
+        selected,
+        work,
+        batch=batch,
+        json=json,
+        ask_sudo_pass=ask_sudo_pass,
+        info=dep.lock_info(what, message),
+    )
     if len(set(landed.values())) == 1:  # Sentry: a deploy of the release now live everywhere
         _record_sentry_release(inv, selected, next(iter(landed.values())), started, json=json)
 

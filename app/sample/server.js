@@ -3,6 +3,8 @@
 //   GET /health  200 {"status":"healthy"}, or 503 {"status":"unhealthy"} when the release holds a
 //                file named BROKEN (how the lab builds a release that fails its health check)
 //   GET /ws      answers a websocket upgrade with 101 and echoes, for the proxy's websocket test
+// A release holding a file named SLOW (a number of seconds) starts listening only that long
+// after it started: how the lab builds a release that is slow to start but healthy.
 // It listens on HOST:PORT (127.0.0.1:3000 by default) and stops gracefully on SIGINT/SIGTERM.
 "use strict";
 
@@ -25,6 +27,7 @@ function readText(name, fallback) {
 
 const VERSION = readText("VERSION", "unknown");
 const BROKEN = fs.existsSync(path.join(here, "BROKEN"));
+const SLOW = Number(readText("SLOW", "0")) || 0;
 const started = Date.now();
 
 function send(res, code, body) {
@@ -64,9 +67,11 @@ server.on("upgrade", (req, socket) => {
 });
 
 server.keepAliveTimeout = 5000;
-server.listen(PORT, HOST, () => {
-  console.log(`opskit sample app ${VERSION} listening on ${HOST}:${PORT} (pid ${process.pid})`);
-});
+setTimeout(() => {
+  server.listen(PORT, HOST, () => {
+    console.log(`opskit sample app ${VERSION} listening on ${HOST}:${PORT} (pid ${process.pid})`);
+  });
+}, SLOW * 1000);
 
 function stop(signal) {
   console.log(`${signal}: closing the server`);

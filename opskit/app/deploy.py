@@ -22,13 +22,19 @@ A deploy of one host, over its one SSH connection:
    the dependencies tarball (SFTP on the same connection), checked by sha256.
 4. **prepare** (one command): unpack into ``releases/.partial-<name>``, then rename it into place.
    A deploy killed here leaves ``current`` untouched.
-5. **activate** (one command): a transient systemd unit on the host switches ``current``, runs
-   ``pm2 startOrReload``, then polls the health endpoint directly on 127.0.0.1:<app_port> until it
-   answers healthy app_health_successes times in a row *and* every PM2 process of the app runs
-   from the new release (its cwd). If the gate fails within app_health_timeout, it marks the
-   release bad, switches back to the previous release, reloads and checks it again. The unit
-   runs on even if the operator's process dies, so ``current`` always ends on a release that
-   passed its gate (or the previous one). Result and journal entry are written by the unit.
+5. **activate** (one command): a transient systemd unit on the host first starts the release
+   *beside* the live app, as the PM2 app ``<app>-candidate`` (one process) on the spare port
+   app_candidate_port, and polls its health endpoint there: it must answer healthy
+   app_health_successes times in a row within app_health_timeout. A definite answer (an HTTP
+   status other than 200, a body that does not match, the process gone) fails it at once; only a
+   release that is not listening yet may use the whole timeout. No live request reaches it
+   meanwhile. Once it passed, the candidate is removed, ``current`` switches, ``pm2
+   startOrReload`` reloads the live app (cluster mode: one process after the other) and the gate
+   runs again on 127.0.0.1:<app_port> until every PM2 process of the app runs from the new
+   release (its cwd). A release that fails is marked bad; if it failed live, the previous one
+   is switched back, reloaded and checked. A failed activation prunes nothing. The unit runs on
+   even if the operator's process dies, so ``current`` always ends on a release that passed its
+   gate (or the previous one). Result and journal entry are written by the unit.
 
 Rollback is steps 1, 2 and 5 with an older release as target: no upload, no install.
 """
@@ -41,11 +47,12 @@ import logging
 import re
 import select
 import shlex
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import paramiko
 
@@ -68,6 +75,8 @@ from opskit.core.secrets import Secret
 
 log = logging.getLogger(__name__)
 q = shlex.quote
+
+T = TypeVar("T")
 
 _NAME_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{7}$")
 
@@ -106,6 +115,17 @@ class HostState:
     lock: Mapping[str, Any] | None = None
     activating: bool = False
     journal: tuple[Mapping[str, Any], ...] = ()
+    spare_busy: bool = False  # something listens on app_candidate_port
+
+    def check_spare_port(self, layout: AppLayout) -> None:
+        """Refuse (nothing changed) when another program holds the spare port and no activation
+        runs (an activation's own candidate listens there while it runs)."""
+        if self.spare_busy and not self.activating:
+            raise DeployError(
+                f"app_candidate_port {layout.spare_port} is in use by another program: a release "
+                "proves itself there before it takes traffic; free it or choose another port "
+                "(nothing changed)"
+            )
 
     def find(self, name: str) -> Release | None:
         return next((r for r in self.releases if r.name == name), None)
@@ -129,6 +149,7 @@ if [ -s {d}/lock.json ]; then
   fi
 fi
 echo "@@activating $(systemctl is-active {q(layout.activate_unit)} 2>/dev/null || true)"
+echo "@@spare $(ss -Hltn 'sport = :{layout.spare_port}' 2>/dev/null | wc -l)"
 if [ {journal} -gt 0 ] && [ -f {d}/journal.jsonl ]; then
   echo "@@journal"; tail -n {journal} {d}/journal.jsonl
 fi
@@ -157,6 +178,7 @@ def parse_state(output: str) -> HostState:
     lock = None
     activating = False
     journal: list[Mapping[str, Any]] = []
+    spare_busy = False
     lines = output.splitlines()
     i = 0
     while i < len(lines):
@@ -176,12 +198,14 @@ def parse_state(output: str) -> HostState:
             i += 1
         elif line.startswith("@@activating"):
             activating = line.split(" ", 1)[-1].strip() in ("active", "activating")
+        elif line.startswith("@@spare "):
+            spare_busy = line.split(" ", 1)[1].strip() not in ("", "0")
         elif line == "@@journal":
             journal = [_json(j) for j in lines[i + 1 :] if j.strip()]
             break
         i += 1
     releases.sort(key=lambda r: r.name)
-    return HostState(tuple(releases), current, lock, activating, tuple(journal))
+    return HostState(tuple(releases), current, lock, activating, tuple(journal), spare_busy)
 
 
 def read_state(remote: Remote, layout: AppLayout, *, journal: int = 0) -> HostState:
@@ -555,6 +579,9 @@ def activation_params(
         "PM2_SERVICE": layout.pm2_service,
         "ECOSYSTEM": layout.ecosystem,
         "HEALTH_URL": f"http://127.0.0.1:{layout.port}{path}",
+        "CANDIDATE": layout.candidate,
+        "CANDIDATE_PORT": str(layout.spare_port),
+        "CANDIDATE_URL": f"http://127.0.0.1:{layout.spare_port}{path}",
         "HEALTH_MATCH": str(v["app_health_match"] or ""),
         "HEALTH_TIMEOUT": f"{timeout:g}",
         "HEALTH_INTERVAL": f"{interval:g}",
@@ -630,7 +657,8 @@ def parse_activation(output: str) -> Activation:
 def activate(remote: Remote, layout: AppLayout, params: Mapping[str, str]) -> Activation:
     """Switch to params['TARGET'] and gate it; on failure the host is back on the previous one."""
     timeout = float(params["HEALTH_TIMEOUT"])
-    wait = 2 * timeout + 120  # two gates (the release, then the previous one) and two reloads
+    # three gates (the release beside the live app, then live, then maybe the previous one)
+    wait = 3 * timeout + 120
     res = remote.run(
         activate_command(layout, params, wait=wait),
         what=f"activate {params['TARGET']}",
@@ -667,7 +695,7 @@ def app_hosts(inventory: Inventory, hosts: Sequence[Host]) -> list[Host]:
     return list(hosts)
 
 
-def _lock_info(action: str, message: str) -> dict[str, str]:
+def lock_info(action: str, message: str) -> dict[str, str]:
     return {
         "owner": operator(),
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -678,6 +706,8 @@ def _lock_info(action: str, message: str) -> dict[str, str]:
 
 def _result_change(remote: Remote, act: Activation, what: str) -> Change:
     if not act.ok:
+        if not act.restored:  # refused before anything changed (no release marked)
+            raise DeployError(f"{act.detail}\nactivation log:\n{act.log}")
         raise DeployError(
             f"{act.detail}\n{act.target} is marked bad; {act.restored}\nactivation log:\n{act.log}"
         )
@@ -689,51 +719,54 @@ def _result_change(remote: Remote, act: Activation, what: str) -> Change:
     )
 
 
-def deploy_work(artifact: Artifact, opts: Options) -> Callable[[Remote, RunContext], list[Change]]:
-    """The work of `inv deploy` on one host (see the module docstring for the steps)."""
+def deploy_work(
+    artifact: Artifact | Callable[[], Artifact], opts: Options
+) -> Callable[[Remote, RunContext], list[Change]]:
+    """The work of `inv deploy` on one host (see the module docstring for the steps), run by
+    run_in_batches while it holds the fleet's deploy lock. `artifact` may be a callable (a
+    `Once`): then it is built once, after every host's lock is held."""
 
     def work(remote: Remote, ctx: RunContext) -> list[Change]:
+        art = artifact() if callable(artifact) else artifact
         v = remote.host.vars
         layout = AppLayout.from_vars(v)
         keep = int(v["app_keep_releases"])
         started = time.monotonic()
-        with HostLock(remote, layout, _lock_info(f"deploy {artifact.ref}", opts.message)):
-            state = read_state(remote, layout)
-            plan = plan_upload(state, artifact)
-            code_path = deps_path = None
-            if plan.send_code:
-                code_path = upload(remote, artifact.code, f".opskit-{artifact.name}-code.tar.gz")
-            if plan.send_deps and artifact.deps is not None:
-                deps_path = upload(remote, artifact.deps, f".opskit-{artifact.name}-deps.tar.gz")
-            meta = dict(
-                artifact.metadata(message=opts.message),
-                deployed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                deployed_by=operator(),
-            )
-            remote.run(
-                prepare_script(
-                    layout, artifact, plan, code_path=code_path, deps_path=deps_path, meta=meta
-                ),
-                what=f"prepare release {artifact.name}",
-            )
-            ctx.notes.append(f"{artifact.name}: {plan.describe(artifact)}")
-            names = [r.name for r in state.releases] + [artifact.name]
-            protect = [artifact.name] + ([state.current] if state.current else [])
-            params = activation_params(
-                layout,
-                v,
-                action="deploy",
-                target=artifact.name,
-                ref=artifact.ref,
-                sha=artifact.sha,
-                message=opts.message,
-                prune=releases_to_prune(
-                    names, keep, protect=protect, bad=[r.name for r in state.releases if r.bad]
-                ),
-                health_timeout=opts.health_timeout,
-            )
-            act = activate(remote, layout, params)
-        change = _result_change(remote, act, f"deployed {artifact.describe}")
+        state = read_state(remote, layout)
+        state.check_spare_port(layout)
+        plan = plan_upload(state, art)
+        code_path = deps_path = None
+        if plan.send_code:
+            code_path = upload(remote, art.code, f".opskit-{art.name}-code.tar.gz")
+        if plan.send_deps and art.deps is not None:
+            deps_path = upload(remote, art.deps, f".opskit-{art.name}-deps.tar.gz")
+        meta = dict(
+            art.metadata(message=opts.message),
+            deployed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            deployed_by=operator(),
+        )
+        remote.run(
+            prepare_script(layout, art, plan, code_path=code_path, deps_path=deps_path, meta=meta),
+            what=f"prepare release {art.name}",
+        )
+        ctx.notes.append(f"{art.name}: {plan.describe(art)}")
+        names = [r.name for r in state.releases] + [art.name]
+        protect = [art.name] + ([state.current] if state.current else [])
+        params = activation_params(
+            layout,
+            v,
+            action="deploy",
+            target=art.name,
+            ref=art.ref,
+            sha=art.sha,
+            message=opts.message,
+            prune=releases_to_prune(
+                names, keep, protect=protect, bad=[r.name for r in state.releases if r.bad]
+            ),
+            health_timeout=opts.health_timeout,
+        )
+        act = activate(remote, layout, params)
+        change = _result_change(remote, act, f"deployed {art.describe}")
         ctx.notes.append(f"deploy took {time.monotonic() - started:.1f} s")
         return [change]
 
@@ -747,7 +780,8 @@ def rollback_work(
     opts: Options = Options(),
     landed: dict[str, str] | None = None,
 ) -> Callable[[Remote, RunContext], list[Change]]:
-    """The work of `inv rollback` on one host: back to an older good release, gated.
+    """The work of `inv rollback` on one host: back to an older good release, gated (run by
+    run_in_batches while it holds the fleet's deploy lock).
 
     `landed` (if given) gets each host's new current release's commit once it passed the gate.
     """
@@ -755,22 +789,21 @@ def rollback_work(
     def work(remote: Remote, ctx: RunContext) -> list[Change]:
         v = remote.host.vars
         layout = AppLayout.from_vars(v)
-        what = f"rollback to {to}" if to else f"rollback {steps} step(s)"
-        with HostLock(remote, layout, _lock_info(what, opts.message)):
-            state = read_state(remote, layout)
-            target = choose_rollback(state, steps=steps, to=to)
-            params = activation_params(
-                layout,
-                v,
-                action="rollback",
-                target=target.name,
-                ref=str(target.meta.get("ref", "")),
-                sha=str(target.meta.get("sha", "")),
-                message=opts.message,
-                prune=(),
-                health_timeout=opts.health_timeout,
-            )
-            act = activate(remote, layout, params)
+        state = read_state(remote, layout)
+        target = choose_rollback(state, steps=steps, to=to)
+        state.check_spare_port(layout)
+        params = activation_params(
+            layout,
+            v,
+            action="rollback",
+            target=target.name,
+            ref=str(target.meta.get("ref", "")),
+            sha=str(target.meta.get("sha", "")),
+            message=opts.message,
+            prune=(),
+            health_timeout=opts.health_timeout,
+        )
+        act = activate(remote, layout, params)
         change = _result_change(remote, act, f"rolled back to {target.label}")
         if landed is not None and target.meta.get("sha"):
             landed[remote.name] = str(target.meta["sha"])
@@ -779,41 +812,186 @@ def rollback_work(
     return work
 
 
+# --- one deploy at a time per app and fleet ------------------------------------------------------
+
+
+class Once(Generic[T]):
+    """`fn` called at most once, by whichever thread asks first; the others get its value (or
+    its exception)."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self.fn = fn
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: T | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self) -> T:
+        with self._lock:
+            if not self._done:
+                try:
+                    self._value = self.fn()
+                except Exception as exc:
+                    self.error = exc
+                self._done = True
+        if self.error is not None:
+            raise self.error
+        return self._value  # type: ignore[return-value]
+
+
+class FleetLock:
+    """One deploy or rollback at a time for every selected host of the app.
+
+    Each host's work (one SSH connection per host, all open at once) takes that host's deploy
+    lock (HostLock) in one order, host name after host name, so that two deploys started together
+    meet at the same first host. Nothing changes anywhere until every host's lock is held; if one
+    is refused (or unreachable) every host lets go and reports why: the holder is named. Then the
+    batches run in turn, each host keeping its lock until its own part is done. A lock lives on
+    its host's connection: if the operator's process dies, every lock dies with it.
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        batch: int,
+        info: Mapping[str, Any],
+        prepare: Callable[[], object] | None = None,
+    ) -> None:
+        self.groups = batches(hosts, batch)
+        self.order = sorted(h.name for h in hosts)
+        self.batch_of = {h.name: n for n, g in enumerate(self.groups) for h in g}
+        self.info = dict(info, hosts=len(self.order))
+        self.prepare = prepare
+        self.cond = threading.Condition()
+        self.locked: set[str] = set()
+        self.refused: dict[str, str] = {}
+        self.finished: dict[str, bool] = {}
+        self.cancelled = False
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            if self.cancelled:
+                raise DeployError("not run: interrupted; this host is unchanged")
+            self.cond.wait(0.2)
+
+    def _refusal(self) -> str:
+        host, why = sorted(self.refused.items())[0]
+        return f"not run: {host}: {why}; this host is unchanged"
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify_all()
+
+    def on_result(self, result: HostResult) -> None:
+        with self.cond:
+            self.finished[result.host] = result.error is None
+            if result.host not in self.locked and result.host not in self.refused:
+                self.refused[result.host] = result.error or "stopped"
+            self.cond.notify_all()
+
+    def wrap(
+        self, work: Callable[[Remote, RunContext], Sequence[Change]]
+    ) -> Callable[[Remote, RunContext], Sequence[Change]]:
+        def locked_work(remote: Remote, ctx: RunContext) -> Sequence[Change]:
+            name = remote.name
+            before = self.order[: self.order.index(name)]
+            with self.cond:
+                self._wait(lambda: bool(self.refused) or all(n in self.locked for n in before))
+                if self.refused:
+                    raise DeployError(self._refusal())
+            lock = HostLock(remote, AppLayout.from_vars(remote.host.vars), self.info)
+            try:
+                lock.__enter__()
+            except Exception as exc:
+                with self.cond:
+                    self.refused[name] = str(exc)
+                    self.cond.notify_all()
+                raise
+            try:
+                with self.cond:
+                    self.locked.add(name)
+                    self.cond.notify_all()
+                    self._wait(lambda: bool(self.refused) or len(self.locked) == len(self.order))
+                    if self.refused:
+                        raise DeployError(self._refusal())
+                if self.prepare is not None:
+                    try:
+                        self.prepare()
+                    except Exception as exc:
+                        raise DeployError(f"not run: {exc}; this host is unchanged") from exc
+                n = self.batch_of[name]
+                earlier = [h for g in self.groups[:n] for h in g]
+                with self.cond:
+                    self._wait(lambda: all(h.name in self.finished for h in earlier))
+                    for k, g in enumerate(self.groups[:n], 1):
+                        failed = [h.name for h in g if not self.finished[h.name]]
+                        if failed:
+                            raise DeployError(
+                                f"not run: batch {k} failed ({', '.join(failed)}); "
+                                "this host is unchanged"
+                            )
+                return work(remote, ctx)
+            finally:
+                lock.__exit__()
+
+        return locked_work
+
+
 def run_in_batches(
     inventory: Inventory,
     hosts: Sequence[Host],
     work: Callable[[Remote, RunContext], Sequence[Change]],
     *,
     batch: int,
+    info: Mapping[str, Any] | None = None,
+    prepare: Once[Any] | None = None,
     sudo_password: Secret | None = None,
     on_result: Callable[[HostResult], None] | None = None,
 ) -> list[HostResult]:
-    """Run `work` batch after batch (hosts of a batch in parallel); stop after a failed batch."""
-    results: list[HostResult] = []
-    groups = batches(hosts, batch)
-    for n, group in enumerate(groups, 1):
-        done = run_on_hosts(
-            inventory,
-            group,
-            work,
-            workers=len(group),
-            sudo_password=sudo_password,
-            on_result=on_result,
-        )
-        results += done
-        failed = [r.host for r in done if r.error]
-        if failed:
-            for host in [h for g in groups[n:] for h in g]:
-                skipped = HostResult(
-                    host.name,
-                    error=f"not run: batch {n} failed ({', '.join(failed)}); "
-                    "this host is unchanged",
+    """Run `work` batch after batch (hosts of a batch in parallel; stop after a failed batch)
+    under the fleet's deploy lock (FleetLock): nothing changes on any host until every host's
+    lock is held. `prepare` (the build) runs once, after that; if it fails, its exception is
+    raised here once every lock is released. `info` says who holds the lock and why."""
+    fleet = FleetLock(hosts, batch, info or lock_info("deploy", ""), prepare)
+
+    def report(result: HostResult) -> None:
+        fleet.on_result(result)
+        if on_result is not None and not (prepare is not None and prepare.error is not None):
+            on_result(result)
+
+    done: list[list[HostResult]] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(
+                run_on_hosts(
+                    inventory,
+                    hosts,
+                    fleet.wrap(work),
+                    workers=len(hosts),
+                    sudo_password=sudo_password,
+                    on_result=report,
                 )
-                if on_result is not None:
-                    on_result(skipped)
-                results.append(skipped)
-            break
-    return results
+            )
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="opskit-deploy", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        fleet.cancel()  # hosts waiting for a lock or a batch stop; started ones finish
+        thread.join()
+        raise
+    if failure:
+        raise failure[0]
+    if prepare is not None and prepare.error is not None:
+        raise prepare.error
+    return done[0]
 
 
 @dataclass(frozen=True)

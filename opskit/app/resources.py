@@ -107,7 +107,9 @@ class AppReload(Resource):
         pm2 = (
             f"runuser -u {q(lo.user)} -- env HOME={q(lo.home)} PM2_HOME={q(lo.pm2_home)} {PM2_BIN}"
         )
+        # umask: dump.pm2 holds the app's environment (its secrets); the owner's only.
         return (
+            "umask 077\n"
             f"systemctl is-active -q {q(lo.pm2_service)} || systemctl start {q(lo.pm2_service)}\n"
             f"{pm2} startOrReload {q(lo.ecosystem)} --update-env >/dev/null\n"
             f"{pm2} save --force >/dev/null"

@@ -31,6 +31,7 @@ class AppLayout:
     user: str
     port: int
     root: str = "/srv"  # tests point it at a temporary directory
+    candidate_port: int = 0  # the spare port a release proves itself on (0: port + 1)
 
     @classmethod
     def from_vars(cls, v: Mapping[str, Any]) -> AppLayout:
@@ -43,7 +44,21 @@ class AppLayout:
             raise ConfigError(f"app_user: {user!r}: the app needs a user of its own")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError(f"app_port: expected a TCP port number, got {port!r}")
-        return cls(name, user, port)
+        spare = v.get("app_candidate_port", port + 1)
+        if isinstance(spare, bool) or not isinstance(spare, int) or not 0 < spare < 65536:
+            raise ConfigError(f"app_candidate_port: expected a TCP port number, got {spare!r}")
+        if spare == port:
+            raise ConfigError(f"app_candidate_port: {spare} is app_port; choose a spare port")
+        return cls(name, user, port, candidate_port=spare)
+
+    @property
+    def spare_port(self) -> int:
+        return self.candidate_port or self.port + 1
+
+    @property
+    def candidate(self) -> str:
+        """The PM2 name of a release proving itself on the spare port during a deploy."""
+        return f"{self.name}-candidate"
 
     @property
     def base(self) -> str:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opskit.backup.hosts import BackupError, Progress, host_script, no_progress
 from opskit.backup.listing import VERIFIED_TAG, VERIFY_FAILED_TAG, resolve_key
 from opskit.backup.resources import store_for
-from opskit.backup.spec import BackupConfig
+from opskit.backup.spec import MAINTENANCE_DIR, BackupConfig, maintenance_flag
 from opskit.backup.text import KEY_CLEANED_UP, KEY_DIFF, KEY_RPO, KEY_RTO
 from opskit.clients import ApiError
 from opskit.core.errors import ConfigError, OpsError
@@ -39,6 +40,7 @@ from opskit.hostside.backup import (
     SECONDS_RESTORE,
 )
 
+q = shlex.quote
 log = logging.getLogger(__name__)
 
 # Keys of the report of `replace_live` (besides KEY_OK, KEY_DATABASE, KEY_KEY).
@@ -134,17 +136,65 @@ def _app_hosts(inventory: Inventory, cfg: BackupConfig) -> list[Host]:
     return inventory.select([cfg.app_hosts])
 
 
+def _health_url(host: Host) -> str | None:
+    port = host.vars.get("app_port")
+    if isinstance(port, bool) or not isinstance(port, int):
+        return None
+    return f"http://127.0.0.1:{port}{host.vars.get('app_health_path') or '/'}"
+
+
+def maintenance_on(host: Host, stop: str) -> str:
+    """`stop` (the app's stop command), after the maintenance switch is on for the host's app:
+    its nginx answers 503 with Retry-After while the app is down, not 502. The flag file notes
+    the HTTP status the app answered before (000: nothing answered)."""
+    app = str(host.vars.get("app_name") or "")
+    url = _health_url(host)
+    if not app or "nginx" not in host.roles or url is None:
+        return stop
+    flag = q(maintenance_flag(app))
+    return (
+        f"install -d -m 0755 {q(MAINTENANCE_DIR)}\n"
+        f"code=$(curl -s -o /dev/null -m 2 -w '%{{http_code}}' {q(url)}) || true\n"
+        f'echo "${{code:-000}}" > {flag}.new && mv -f {flag}.new {flag}\n'
+        f"{stop}"
+    )
+
+
+def maintenance_off(host: Host, start: str) -> str:
+    """`start` (the app's start command), then the maintenance switch off: once the app answers
+    HTTP again (at most 30 s) if it answered before the stop, so no request meets a 502."""
+    app = str(host.vars.get("app_name") or "")
+    url = _health_url(host)
+    if not app or "nginx" not in host.roles or url is None:
+        return start
+    flag = q(maintenance_flag(app))
+    return (
+        f"set +e\n{start}\nrc=$?\n"
+        f'if [ "$(cat {flag} 2>/dev/null || echo 000)" != 000 ]; then\n'
+        "  for _ in $(seq 150); do\n"
+        f"    code=$(curl -s -o /dev/null -m 1 -w '%{{http_code}}' {q(url)})\n"
+        '    [ "${code:-000}" = 000 ] || break; sleep 0.2\n'
+        "  done\n"
+        "fi\n"
+        f"rm -f {flag}\nexit $rc"
+    )
+
+
 def _on_app_hosts(
-    inventory: Inventory, hosts: Sequence[Host], command: str, sudo_password: Secret | None
+    inventory: Inventory,
+    hosts: Sequence[Host],
+    command: str,
+    sudo_password: Secret | None,
+    script: Callable[[Host, str], str] | None = None,
 ) -> list[str]:
-    """Run `command` as root on each host in turn; lines saying what happened. Raises
-    BackupError after trying every host if one failed."""
+    """Run `command` as root on each host in turn (wrapped by `script` per host, if given);
+    lines saying what happened. Raises BackupError after trying every host if one failed."""
     done, failed = [], []
     for h in hosts:
         try:
             r = connect(h, inventory.ssh, sudo_password=sudo_password)
             try:
-                r.run(command, what=command, timeout=300)
+                r.run(script(h, command) if script else command, what=command, timeout=300)
             finally:
                 r.close()
             done.append(f"{h.name}: {command}")
@@ -209,13 +259,15 @@ def replace_live(
         try:
             steps += [
                 f"app stopped on {d}"
-                for d in _on_app_hosts(inventory, app_hosts, cfg.app_stop, sudo_password)
+                for d in _on_app_hosts(
+                    inventory, app_hosts, cfg.app_stop, sudo_password, maintenance_on
+                )
             ]
         except BackupError as exc:
             steps.append(
                 f"stopping the app failed: {exc}; starting it again, live database untouched"
             )
-            _on_app_hosts(inventory, app_hosts, cfg.app_start, sudo_password)
+            _on_app_hosts(inventory, app_hosts, cfg.app_start, sudo_password, maintenance_off)
             raise BackupError(f"app stop failed: {exc}", report) from None
     else:
         down = time.monotonic()
@@ -233,7 +285,9 @@ def replace_live(
         if cfg.app_start:
             steps += [
                 f"app started on {d}"
-                for d in _on_app_hosts(inventory, app_hosts, cfg.app_start, sudo_password)
+                for d in _on_app_hosts(
+                    inventory, app_hosts, cfg.app_start, sudo_password, maintenance_off
+                )
             ]
         report[KEY_APP_DOWN_SECONDS] = round(time.monotonic() - down, 3)
     report[KEY_SECONDS] = round(time.monotonic() - started, 3)

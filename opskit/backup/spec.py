@@ -26,6 +26,21 @@ from opskit.core.secrets import Secret
 from opskit.hostside.backup import NAME_RE, VERIFY_MODES, Config, S3Config, key_prefix
 
 ROLE = "backup"
+
+# The maintenance switch: while this file exists for an app (`inv backup.restore --replace` has
+# stopped it), the nginx role's site answers every request with its maintenance page (503 with
+# Retry-After) instead of a 502. A plain file, so switching costs no nginx reload.
+MAINTENANCE_DIR = "/var/lib/opskit/maintenance"
+
+
+def maintenance_flag(app_name: str) -> str:
+    """
+    >>> maintenance_flag("sample")
+    '/var/lib/opskit/maintenance/sample'
+    """
+    return f"{MAINTENANCE_DIR}/{app_name}"
+
+
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 

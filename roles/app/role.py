@@ -53,13 +53,18 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
         app_pm2_home=lo.pm2_home,
         app_pm2=PM2_BIN,
         app_pm2_bin_dir=PM2_BIN.rsplit("/", 1)[0],
-        app_env_json=json.dumps(_env(v, lo), indent=8, sort_keys=True).replace("\n}", "\n      }"),
+        app_candidate_port=lo.spare_port,
+        app_env_json=json.dumps(_env(v, lo), indent=10, sort_keys=True).replace(
+            "\n}", "\n        }"
+        ),
     )
     return [
         Packages((str(v["app_node_package"]), "logrotate", "curl")),
         User(lo.user, shell="/usr/sbin/nologin", system=True),
         Unpacked(PM2_DIR, f"pm2 {version}", lambda: npm_bundle("pm2", version)),
         Symlink("/usr/local/bin/pm2", PM2_BIN),
+        # PM2's home holds the app's environment (secrets) in dump.pm2: its owner's only.
+        Directory(lo.pm2_home, 0o700, lo.user, lo.user),
         Directory(lo.base, 0o755),
         Directory(lo.releases, 0o755),
         Directory(lo.shared, 0o750, lo.user, lo.user),

@@ -6,10 +6,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from opskit.backup import spec as backup
 from opskit.certs import spec as certs
 from opskit.core.errors import ConfigError
 from opskit.core.render import render
-from opskit.resources import Absent, File, Packages, Resource, Service, Template
+from opskit.resources import Absent, Directory, File, Packages, Resource, Service, Template
 
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 
@@ -47,6 +48,7 @@ def _check(v: Mapping[str, Any]) -> dict[str, Any]:
         nginx_extra_headers={},
         nginx_http_server_names=http_names,
         nginx_acme_webroot=str(v["certbot_webroot"]) if tls else "",
+        nginx_maintenance_flag=backup.maintenance_flag(app),
     )
 
 
@@ -65,6 +67,7 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
     out: list[Resource] = [Packages(("nginx",))]
     if v["nginx_remove_default_site"]:
         out.append(Absent(DEFAULT_SITE))
+    out.append(Directory(backup.MAINTENANCE_DIR, 0o755))  # the maintenance switch's flags
     out.append(Template(site, "nginx/site.conf.j2", tv, check_after="nginx -t"))
     # One TLS site per certificate, in sites-available/: the certbot role enables it (a link in
     # sites-enabled/) once the certificate exists. `nginx -t` matters once it is enabled.

@@ -51,6 +51,22 @@ def test_ecosystem_file_is_private_and_loads(host, hostvars):
     assert ("SENTRY_DSN" in env) == bool(hostvars["app_sentry_dsn"])
 
 
+def test_pm2_home_is_private(host, hostvars):
+    # dump.pm2 (and its .bak) hold the app's environment, secrets included
+    user = hostvars["app_user"]
+    home = host.file(f"/home/{user}/.pm2")
+    assert home.is_directory and home.user == user and home.mode == 0o700
+    assert host.run(f"runuser -u nobody -- ls /home/{user}/.pm2").rc != 0
+    for name in ("dump.pm2", "dump.pm2.bak"):
+        f = host.file(f"/home/{user}/.pm2/{name}")
+        assert not f.exists or f.mode & 0o077 == 0, name
+
+
+def test_no_candidate_left_between_deploys(host, hostvars):
+    # a deploy starts the new release beside the live app, then removes it
+    assert not host.socket(f"tcp://127.0.0.1:{hostvars['app_candidate_port']}").is_listening
+
+
 def test_pm2_runs_under_systemd_at_boot(host, hostvars):
     service = host.service(f"pm2-{hostvars['app_user']}")
     assert service.is_enabled and service.is_running

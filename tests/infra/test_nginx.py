@@ -17,6 +17,13 @@ def test_site_replaces_the_default(host, hostvars):
         assert not host.file("/etc/nginx/sites-enabled/default").exists
 
 
+def test_maintenance_switch_is_off(host, hostvars):
+    # `inv backup.restore --replace` turns it on while the app is stopped, and off again
+    flags = host.file("/var/lib/opskit/maintenance")
+    assert flags.is_directory and flags.mode == 0o755
+    assert not host.file(f"/var/lib/opskit/maintenance/{hostvars.get('app_name', 'app')}").exists
+
+
 def test_dot_files_are_not_served(host):
     for path in ("/.env", "/.git/config", "/.git/HEAD", "/app/.env", "/.htpasswd"):
         out = host.check_output(f"curl -s -w '\\n%{{http_code}}' http://127.0.0.1{path}")

@@ -223,7 +223,9 @@ def test_08_replace_takes_a_fresh_backup_first_and_stops_the_app(
         group = next(g for g in data["groups"].values() if db.name in g.get("hosts", {}))
         group["vars"].update(
             backup_app_hosts=",".join(h.name for h in web),
-            backup_app_stop_command=f"echo stop >> {events}",
+            # the maintenance switch (nginx's 503 page) is on while the app is stopped
+            backup_app_stop_command=f"echo stop >> {events}; "
+            f"[ -e /var/lib/opskit/maintenance/sample ] && echo maintenance >> {events}",
             backup_app_start_command=f"echo start >> {events}",
         )
 
@@ -243,7 +245,8 @@ def test_08_replace_takes_a_fresh_backup_first_and_stops_the_app(
     start = [i for i, s in enumerate(steps) if s.startswith("app started")]
     assert len(stop) == len(start) == len(web) and max(stop) < swap[0] < min(start), steps
     for h in web:
-        assert sh(lab_spec, h, f"cat {events}").split() == ["stop", "start"]
+        assert sh(lab_spec, h, f"cat {events}").split() == ["stop", "maintenance", "start"]
+        assert sh(lab_spec, h, "ls -A /var/lib/opskit/maintenance").split() == []  # off again
     # Live is the first backup again; the row written later is in the fresh backup and in the
     # previous database, kept under its new name.
     assert live_counts(lab_spec, db)["public.notes"] == 3

@@ -1,9 +1,10 @@
 """App hosting on lab hosts: the app and nginx roles, `inv deploy`, `inv rollback`, `inv releases`.
 
 The app deployed is the sample app (app/sample) from a demo repo that app/sample/make-demo-repo
-makes with tags v1, v2, broken (its /health answers 503) and v3. Requests go through nginx on
-port 80 of the web hosts, sampled every 20 ms while deploys and rollbacks run. Tests run in file
-order and build on each other.
+makes with tags v1, v2, broken (its /health answers 503), v3, slow (listens only 6 s after it
+started) and crash (exits at start). Requests go through nginx on port 80 of the web hosts,
+sampled every 50 ms while deploys and rollbacks run. Tests run in file order and build on each
+other.
 """
 
 from __future__ import annotations
@@ -78,10 +79,12 @@ def version(address: str) -> str:
 
 @dataclass
 class Sampler:
-    """GET / through nginx every 20 ms while a deploy or rollback runs."""
+    """GET / through nginx every 50 ms while a deploy or rollback runs; `codes` has each answer's
+    status (0: no answer) and Retry-After header."""
 
     address: str
     samples: list[tuple[float, bool]] = field(default_factory=list)
+    codes: list[tuple[int, str | None]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> Sampler:
@@ -94,11 +97,12 @@ class Sampler:
         while not self._stop.is_set() and time.monotonic() < deadline:
             t = time.monotonic()
             try:
-                ok = get(self.address, timeout=3.0)[0] == 200  # slow is not down
+                code, _, headers = get(self.address, timeout=3.0)  # slow is not down
             except OSError:
-                ok = False
-            self.samples.append((t, ok))
-            time.sleep(0.02)
+                code, headers = 0, {}
+            self.samples.append((t, code == 200))
+            self.codes.append((code, headers.get("retry-after")))
+            time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -215,19 +219,52 @@ def test_03_rollback_serves_v1_in_seconds_without_reinstalling(app_inventory, la
     assert f"Sentry release {sha} (" in back.stdout
 
 
-def test_04_failed_deploy_keeps_the_previous_release_and_is_skipped(app_inventory):
+def keeping(inventory: Inventory, tmp_path: Any, keep: int) -> Inventory:
+    """A copy of `inventory` whose web hosts keep only `keep` releases."""
+    import yaml
+
+    data = yaml.safe_load(inventory.path.read_text())
+    data["groups"]["web"]["vars"]["app_keep_releases"] = keep
+    path = tmp_path / "keep.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_inventory(path)
+
+
+def test_04_failed_deploy_never_reaches_live_traffic_nor_prunes(app_inventory, tmp_path):
     web1 = app_inventory.host(web(app_inventory)[0])
+    before = host_state(app_inventory, web1.name)
+    assert [r.label for r in before.releases] == ["v1", "v2"] and before.current
+    # With app_keep_releases 2, a good deploy would prune v1; a failed one must prune nothing.
+    tight = keeping(app_inventory, tmp_path, 2)
+    started = time.monotonic()
     with Sampler(web1.address) as sampler:
-        bad = run(app_inventory, "deploy", "--ref", "broken", "--hosts", web1.name)
-    TIMINGS["failed_deploy"] = sampler.report()
+        bad = run(tight, "deploy", "--ref", "broken", "--hosts", web1.name)
+    TIMINGS["failed_deploy"] = {"seconds": round(time.monotonic() - started, 2), **sampler.report()}
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "health gate failed" in bad.stdout and "HTTP 503" in bad.stdout
-    assert "is marked bad" in bad.stdout and "serves again" in bad.stdout
+    assert "is marked bad" in bad.stdout and "serves on: no live request reached" in bad.stdout
+    # the whole point: the broken release took no live request while it failed its gate
+    assert sampler.failed == 0 and len(sampler.samples) > 10, sampler.report()
+    # 503 is a definite answer: the gate fails at once instead of waiting HEALTH_TIMEOUT
+    gate = float(bad.stdout.split("health gate failed after ", 1)[1].split("s", 1)[0])
+    assert gate < HEALTH_TIMEOUT / 2, bad.stdout
     assert version(web1.address) == "1.0.0"  # the previous release serves
+    # a release whose process exits at start: refused connections from a dead process are
+    # definite too
+    with Sampler(web1.address) as sampler:
+        crash = run(tight, "deploy", "--ref", "crash", "--hosts", web1.name)
+    assert crash.returncode == 1 and "the release's process exited" in crash.stdout, crash.stdout
+    gate = float(crash.stdout.split("health gate failed after ", 1)[1].split("s", 1)[0])
+    assert gate < HEALTH_TIMEOUT / 2 and sampler.failed == 0, (crash.stdout, sampler.report())
     state = host_state(app_inventory, web1.name)
+    assert {r.name for r in before.releases} <= {r.name for r in state.releases}  # none pruned
+    assert state.current == before.current
     broken = next(r for r in state.releases if r.label == "broken")
     assert broken.bad and "HTTP 503" in broken.bad["reason"]
-    assert state.journal[-1]["result"] == "failed" and state.journal[-1]["ref"] == "broken"
+    assert [j["result"] for j in state.journal if j["ref"] in ("broken", "crash")] == [
+        "failed",
+        "failed",
+    ]
     listing = run(app_inventory, "releases", "--hosts", web1.name)
     assert f"  ! {broken.name}  broken" in listing.stdout
     # deploy v3, then roll back: the bad release (between v2 and v3) is skipped
@@ -250,11 +287,11 @@ def test_05_second_deploy_refused_and_killed_deploy_leaves_a_working_release(app
             "invoke",
             "deploy",
             "--ref",
-            "broken",
+            "slow",
             "--hosts",
             web1.name,
             "--health-timeout",
-            "20",
+            "4",
             "-m",
             "holding the lock",
         ],
@@ -277,8 +314,8 @@ def test_05_second_deploy_refused_and_killed_deploy_leaves_a_working_release(app
         second = run(app_inventory, "deploy", "--ref", "v3", "--hosts", web1.name)
         assert second.returncode == 1
         assert "refused: a deploy holds the lock: alice@laptop since" in second.stdout
-        assert "(deploy broken: holding the lock)" in second.stdout
-        # Kill the first deploy while its health gate runs on the (bad) new release.
+        assert "(deploy slow: holding the lock)" in second.stdout
+        # Kill the first deploy while its health gate waits for the (too slow) new release.
         os.kill(slow.pid, signal.SIGKILL)
         slow.wait(timeout=10)
     finally:
@@ -291,16 +328,75 @@ def test_05_second_deploy_refused_and_killed_deploy_leaves_a_working_release(app
     while host_state(app_inventory, web1.name).lock is not None:  # died with its holder
         assert time.monotonic() < deadline, "the lock outlived its holder"
         time.sleep(0.2)
-    # The activation goes on without the operator: gate fails, v2 comes back, broken is marked.
-    deadline = time.monotonic() + 2 * 20 + 30
+    # The activation goes on without the operator: the gate times out (the release listens after
+    # 6 s, the gate gives it 4), v2 never stopped serving, the slow release is marked bad.
+    deadline = time.monotonic() + 3 * 4 + 30
     while (s := host_state(app_inventory, web1.name)).activating:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert label_of_current(app_inventory, web1.name) == "v2"
     assert version(web1.address) == "2.0.0"
     newest = s.releases[-1]
-    assert newest.label == "broken" and newest.bad is not None
+    assert newest.label == "slow" and newest.bad is not None
+    assert "not listening yet" in newest.bad["reason"]
     assert s.journal[-1]["operator"] == "alice@laptop" and s.journal[-1]["result"] == "failed"
+
+
+def _deploy_in_background(inventory: Inventory, *args: str, who: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "deploy", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OPSKIT_INVENTORY": str(inventory.path), "OPSKIT_OPERATOR": who},
+    )
+
+
+def test_05b_one_deploy_at_a_time_for_the_whole_fleet(app_inventory):
+    """Two deploys started 1 s and 6 s after a batched one: both refused, naming the holder,
+    whatever host the first is on; the first one's slow release may use the whole gate."""
+    hosts = web(app_inventory)
+    web1 = app_inventory.host(hosts[0])
+    before = {h: host_state(app_inventory, h).releases for h in hosts}
+    started = time.monotonic()
+    with Sampler(web1.address) as sampler:
+        first = _deploy_in_background(
+            app_inventory,
+            *("--ref", "slow", "--hosts", "web", "--batch", "1", "--health-timeout", "20"),
+            *("-m", "fleet lock"),
+            who="alice@laptop",
+        )
+        try:
+            refusals = []
+            for at in (1, 6):
+                time.sleep(max(0.0, started + at - time.monotonic()))
+                second = run(app_inventory, "deploy", "--ref", "v3", "--hosts", "web")
+                refusals.append(second)
+                assert first.poll() is None, "the first deploy ended before the second was tried"
+            out, _ = first.communicate(timeout=300)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    TIMINGS["slow_start_deploy_2_hosts"] = {
+        "seconds": round(time.monotonic() - started, 2),
+        **sampler.report(),
+    }
+    for second in refusals:
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "refused: a deploy holds the lock: alice@laptop since" in second.stdout
+        assert "(deploy slow: fleet lock)" in second.stdout
+        assert "this host is unchanged" in second.stdout
+    assert first.returncode == 0, out
+    # a slow start is not a failure: the gate waited for it (it listens after 6 s)
+    waited = [float(x.split(" s,", 1)[0]) for x in out.split("healthy after ")[1:]]
+    assert len(waited) == len(hosts) and min(waited) >= 3, out
+    assert sampler.failed == 0, sampler.report()
+    for h in hosts:
+        assert version(app_inventory.host(h).address) == "3.1.0"
+        after = host_state(app_inventory, h)
+        assert not any(r.label == "v3" and r not in before[h] for r in after.releases)  # refused
 
 
 def test_06_batched_deploy_stops_after_a_failed_first_batch(app_inventory):
@@ -314,6 +410,69 @@ def test_06_batched_deploy_stops_after_a_failed_first_batch(app_inventory):
     good = run(app_inventory, "deploy", "--ref", "v3", "--hosts", "web", "--batch", "1")
     assert good.returncode == 0, good.stdout + good.stderr
     assert version(web1.address) == version(web2.address) == "3.0.0"
+
+
+def test_06b_maintenance_page_while_the_app_is_stopped(app_inventory):
+    """What `backup.restore --replace` does around the database swap: the maintenance switch on,
+    the app stopped, started, the switch off. nginx answers 503 with Retry-After, never 502."""
+    from opskit.backup import restore
+
+    web1 = app_inventory.host(web(app_inventory)[0])
+    remote = connect(web1, app_inventory.ssh)
+    try:
+        with Sampler(web1.address) as sampler:
+            time.sleep(0.5)
+            remote.run(restore.maintenance_on(web1, "systemctl stop pm2-app"), what="stop")
+            time.sleep(2)
+            remote.run(restore.maintenance_off(web1, "systemctl start pm2-app"), what="start")
+            time.sleep(1)
+    finally:
+        remote.close()
+    codes = [c for c, _ in sampler.codes]
+    TIMINGS["maintenance"] = {
+        "samples": len(codes),
+        "503": codes.count(503),
+        "200": codes.count(200),
+        "other": len(codes) - codes.count(503) - codes.count(200),
+    }
+    assert set(codes) == {200, 503}, TIMINGS["maintenance"]  # no 502, no refused connection
+    assert all(retry == "30" for c, retry in sampler.codes if c == 503)
+    assert codes[-1] == 200 and version(web1.address) == "3.0.0"
+    code, _, headers = get(web1.address)
+    assert code == 200 and "retry-after" not in headers
+
+
+def test_06c_a_busy_spare_port_is_refused_and_changes_nothing(app_inventory, lab_spec):
+    from opskit.lab.nspawn import exec_in
+
+    web1 = app_inventory.host(web(app_inventory)[0])
+    before = host_state(app_inventory, web1.name)
+    busy = [
+        "systemd-run",
+        "--unit=opskit-test-spare-port",
+        "--collect",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        "3001",  # app_candidate_port: the gate would talk to this server instead of the release
+    ]
+    assert exec_in(lab_spec, web1.name, busy).returncode == 0
+    try:
+        deadline = time.monotonic() + 10
+        while exec_in(lab_spec, web1.name, ["curl", "-s", "http://127.0.0.1:3001/"]).returncode:
+            assert time.monotonic() < deadline, "the stand-in on the spare port did not start"
+            time.sleep(0.2)
+        out = run(app_inventory, "deploy", "--ref", "v2", "--hosts", web1.name)
+    finally:
+        exec_in(lab_spec, web1.name, ["systemctl", "stop", "opskit-test-spare-port"])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "app_candidate_port 3001 is in use by another program" in out.stdout
+    assert "(nothing changed)" in out.stdout
+    after = host_state(app_inventory, web1.name)
+    assert after.current == before.current and version(web1.address) == "3.0.0"
+    assert after.releases == before.releases  # nothing unpacked, nothing marked
 
 
 def test_07_nginx_denies_dot_files_sends_headers_passes_websockets(app_inventory):
@@ -392,4 +551,5 @@ def test_11_releases_and_journal(app_inventory):
     assert any(line.startswith("  * ") and " v3 " in line for line in lines)
     assert any(" rollback ok " in line for line in lines)
     assert any(" deploy   failed " in line and "alice@laptop" in line for line in lines)
+    assert any(" deploy   ok " in line and "alice@laptop" in line for line in lines)  # fleet
     print("\nmeasured on", web1, json.dumps(TIMINGS, indent=2))

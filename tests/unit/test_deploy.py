@@ -179,6 +179,44 @@ def test_app_layout_validates_names():
             dep.AppLayout.from_vars({**v, **bad})
 
 
+def test_restore_wraps_the_app_stop_and_start_in_the_maintenance_switch():
+    from opskit.backup import restore
+    from opskit.core.inventory import Host
+
+    web = Host(
+        "web1",
+        "10.0.0.1",
+        22,
+        "deploy",
+        ("web",),
+        ("app", "nginx"),
+        {"app_name": "shop", "app_port": 3000, "app_health_path": "/health"},
+    )
+    on = restore.maintenance_on(web, "systemctl stop pm2-app")
+    assert on.index("> /var/lib/opskit/maintenance/shop") < on.index("systemctl stop")
+    off = restore.maintenance_off(web, "systemctl start pm2-app")
+    assert off.index("systemctl start") < off.index("http://127.0.0.1:3000/health")
+    assert off.index("http://127.0.0.1:3000/health") < off.index("rm -f /var/lib/opskit/")
+    assert off.endswith("exit $rc")  # the start command's exit status is the result
+    db = Host("db1", "10.0.0.2", 22, "deploy", ("db",), ("postgresql",), {})
+    assert restore.maintenance_on(db, "x") == "x" and restore.maintenance_off(db, "y") == "y"
+
+
+def test_app_candidate_port_must_be_spare():
+    v = {"app_name": "shop", "app_user": "shop", "app_port": 3000}
+    assert dep.AppLayout.from_vars(v).spare_port == 3001
+    assert dep.AppLayout.from_vars({**v, "app_candidate_port": 4000}).spare_port == 4000
+    with pytest.raises(ConfigError, match="app_candidate_port: 3000 is app_port"):
+        dep.AppLayout.from_vars({**v, "app_candidate_port": 3000})
+    lo = dep.AppLayout.from_vars(v)
+    assert "sport = :3001" in dep.state_script(lo)
+    dep.parse_state("@@activating inactive\n@@spare 0\n").check_spare_port(lo)  # free: fine
+    # an activation's own candidate listens there while it runs: not another program
+    dep.parse_state("@@activating active\n@@spare 1\n").check_spare_port(lo)
+    with pytest.raises(dep.DeployError, match="3001 is in use by another program"):
+        dep.parse_state("@@activating inactive\n@@spare 1\n").check_spare_port(lo)
+
+
 def test_activation_params_validate_the_gate():
     v = {
         "app_health_timeout": 30,
@@ -200,6 +238,8 @@ def test_activation_params_validate_the_gate():
         health_timeout=5,
     )
     assert p["HEALTH_URL"] == "http://127.0.0.1:3000/health" and p["HEALTH_TIMEOUT"] == "5"
+    assert p["CANDIDATE_URL"] == "http://127.0.0.1:3001/health"
+    assert p["CANDIDATE"] == "shop-candidate"
     assert p["PRUNE"] == "a b"
     # the parameters survive the trip through the sourced file
     cmd = dep.activate_command(lo, p, wait=10)
@@ -474,8 +514,9 @@ def test_sample_app_demo_repo(tmp_path):
         check=True,
     ).stdout
     assert "broken" in out and "v3" in out
-    tags = {t: release.resolve_commit(tmp_path / "demo", t) for t in ("v1", "v2", "broken", "v3")}
-    assert len(set(tags.values())) == 4
+    names = ("v1", "v2", "broken", "v3", "slow", "crash")
+    tags = {t: release.resolve_commit(tmp_path / "demo", t) for t in names}
+    assert len(set(tags.values())) == 6
     show = subprocess.run(
         ["git", "-C", str(tmp_path / "demo"), "ls-tree", "--name-only", "broken"],
         capture_output=True,
@@ -548,7 +589,10 @@ def test_ecosystem_file_is_secret_and_has_the_environment():
     [eco] = [r for r in app.resources(v) if r.id.endswith("ecosystem.config.js")]
     assert eco.sensitive and eco.mode == 0o600 and eco.owner == "shop"
     assert '"SENTRY_DSN": "https://k@s/1"' in eco.content and '"WORKERS": "2"' in eco.content
-    assert "SENTRY_RELEASE: currentRelease()" in eco.content
+    assert "{ SENTRY_RELEASE: releaseOf(dir) }" in eco.content
+    # a deploy starts the release beside the live app: one process on the spare port
+    assert 'candidate ? { PORT: "3001" } : {}' in eco.content
+    assert 'name: candidate ? "shop-candidate" : "shop"' in eco.content
     assert eco.plan("absent\n", frozenset()).diff == ""  # never shown
 
 
@@ -562,6 +606,12 @@ def test_nginx_site(tmp_path):
     assert "listen 80 default_server;" in site.content
     assert 'add_header X-Content-Type-Options "nosniff" always;' in site.content
     assert [r.id for r in res][1] == "absent:/etc/nginx/sites-enabled/default"
+    # the maintenance switch: a flag file makes every request a 503 with Retry-After
+    assert "if (-f /var/lib/opskit/maintenance/shop) {\n        return 503;" in site.content
+    assert "error_page 503 @opskit_maintenance;" in site.content
+    assert 'add_header Retry-After "30" always;' in site.content
+    page = site.content.split("location @opskit_maintenance {", 1)[1].split("}", 1)[0]
+    assert 'add_header X-Content-Type-Options "nosniff" always;' in page  # not lost there
     keep = ng.resources(_role_vars("nginx", nginx_remove_default_site=False))
     [site] = [r for r in keep if r.id.startswith("file:")]
     assert "default_server" not in site.content
@@ -575,3 +625,120 @@ def test_nginx_site(tmp_path):
         with pytest.raises(ConfigError):
             check_host_vars(available_roles(), ["nginx"], _role_vars("nginx", **bad))  # at load
             ng.resources(_role_vars("nginx", **bad))
+
+
+# --- the fleet's deploy lock (FleetLock), with fake host locks ---------------------------------
+
+
+class _FakeRemote:
+    def __init__(self, host):
+        self.host, self.name = host, host.name
+
+
+def _fleet(monkeypatch, names, held_by=None):
+    """Hosts `names`; `held_by` maps a host to the holder that refuses its lock. Returns the
+    hosts and a log of what happened, in order."""
+    from opskit.core.inventory import Host
+    from opskit.core.result import HostResult
+
+    events: list[str] = []
+
+    class FakeLock:
+        def __init__(self, remote, layout, info):
+            self.name = remote.name
+
+        def __enter__(self):
+            if held_by and self.name in held_by:
+                raise dep.LockedError(f"refused: {dep.describe_lock(held_by[self.name])}")
+            events.append(f"lock {self.name}")
+            return self
+
+        def __exit__(self, *exc):
+            events.append(f"unlock {self.name}")
+
+    def fake_run_on_hosts(inventory, hosts, work, *, workers, sudo_password, on_result):
+        import threading
+
+        results = {}
+
+        def one(h):
+            try:
+                work(_FakeRemote(h), None)
+                r = HostResult(h.name)
+            except Exception as exc:
+                r = HostResult(h.name, error=str(exc))
+            on_result(r)
+            results[h.name] = r
+
+        threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        return [results[h.name] for h in hosts]
+
+    monkeypatch.setattr(dep, "HostLock", FakeLock)
+    monkeypatch.setattr(dep, "run_on_hosts", fake_run_on_hosts)
+    v = {"app_name": "shop", "app_user": "shop", "app_port": 3000}
+    hosts = [Host(n, "10.0.0.1", 22, "deploy", ("web",), ("app",), v) for n in names]
+    return hosts, events
+
+
+def test_fleet_lock_changes_nothing_unless_every_host_is_locked(monkeypatch):
+    holder = {"owner": "alice@laptop", "since": "T", "action": "deploy v3", "message": "m"}
+    hosts, events = _fleet(monkeypatch, ["web1", "web2", "web3"], held_by={"web2": holder})
+    built = []
+    prepare = dep.Once(lambda: built.append(1))
+
+    def work(remote, ctx):
+        events.append(f"work {remote.name}")
+        return []
+
+    results = dep.run_in_batches(None, hosts, work, batch=1, prepare=prepare)
+    errors = {r.host: r.error for r in results}
+    assert errors["web2"] == "refused: a deploy holds the lock: alice@laptop since T (deploy v3: m)"
+    for name in ("web1", "web3"):
+        assert errors[name].startswith("not run: web2: refused: a deploy holds the lock: alice")
+    assert not [e for e in events if e.startswith("work")] and built == []  # nothing, anywhere
+    assert "lock web3" not in events  # locks are taken in name order: it stopped at web2
+    assert events == ["lock web1", "unlock web1"]
+
+
+def test_fleet_lock_holds_every_host_then_runs_the_batches_in_turn(monkeypatch):
+    hosts, events = _fleet(monkeypatch, ["web2", "web1", "web3"])
+    prepare = dep.Once(lambda: events.append("build") or "artifact")
+
+    def work(remote, ctx):
+        assert prepare() == "artifact"
+        events.append(f"work {remote.name}")
+        if remote.name == "web1":
+            raise dep.DeployError("health gate failed")
+        return []
+
+    results = dep.run_in_batches(None, hosts, work, batch=2, prepare=prepare)
+    errors = {r.host: r.error for r in results}
+    assert errors["web2"] is None and errors["web1"] == "health gate failed"
+    assert errors["web3"] == "not run: batch 1 failed (web1); this host is unchanged"
+    locks = [e for e in events if e.startswith("lock")]
+    assert locks == ["lock web1", "lock web2", "lock web3"]
+    first_change = min(
+        events.index("build"), *(events.index(f"work {n}") for n in ("web1", "web2"))
+    )
+    assert all(events.index(lock) < first_change for lock in locks)  # all held before any change
+    assert events.count("build") == 1 and "work web3" not in events
+    assert sorted(e for e in events if e.startswith("unlock")) == [
+        "unlock web1",
+        "unlock web2",
+        "unlock web3",
+    ]
+
+
+def test_fleet_lock_a_failed_build_is_raised_once_every_lock_is_gone(monkeypatch):
+    hosts, events = _fleet(monkeypatch, ["web1", "web2"])
+
+    def build():
+        raise ConfigError("--ref nope: no such commit")
+
+    with pytest.raises(ConfigError, match="no such commit"):
+        dep.run_in_batches(None, hosts, lambda r, c: [], batch=1, prepare=dep.Once(build))
+    assert sorted(events) == ["lock web1", "lock web2", "unlock web1", "unlock web2"]
