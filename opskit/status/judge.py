@@ -389,7 +389,9 @@ def _system_metrics(part: Any) -> list[Metric]:
             Metric("security_updates", "security updates", None, "", "unknown", why),
             Metric("reboot", "reboot", None, "", "unknown", why),
         ]
-    found = [Metric("os", "os", str(part.get("os", "unknown")), "", "ok")]
+    pretty = str(part.get("os", "unknown"))
+    short = f"{pretty.split()[0]} {part['version_id']}" if part.get("version_id") else pretty
+    found = [Metric("os", "os", short, "", "ok", pretty if short != pretty else "")]
     if "updates_error" in part or "security_updates" not in part:
         found.append(
             Metric(
