@@ -24,7 +24,9 @@ def _app_hosts(inventory, hosts):
     return inv, app_hosts(inv, selected)
 
 
-def _run_app_work(inv, selected, work, *, batch, json, ask_sudo_pass, info, prepare=None):
+def _run_app_work(
+    inv, selected, work, *, batch, json, ask_sudo_pass, info, prepare=None, check=None
+):
     from opskit.app.deploy import run_in_batches
 
     password = cli.ask_sudo_password(ask_sudo_pass)
@@ -37,10 +39,11 @@ def _run_app_work(inv, selected, work, *, batch, json, ask_sudo_pass, info, prep
             batch=batch,
             info=info,
             prepare=prepare,
+            check=check,
             sudo_password=password,
             on_result=emit,
         )
-    except ConfigError as exc:  # the build refused the input: every lock let go, nothing changed
+    except ConfigError as exc:  # the build or a host's check refused: every lock let go, no change
         raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
     except OpsError as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
@@ -174,6 +177,7 @@ def rollback(
         json=json,
         ask_sudo_pass=ask_sudo_pass,
         info=dep.lock_info(what, message),
+        check=dep.rollback_check(steps=steps, to=to),
     )
     if len(set(landed.values())) == 1:  # Sentry: a deploy of the release now live everywhere
         _record_sentry_release(inv, selected, next(iter(landed.values())), started, json=json)

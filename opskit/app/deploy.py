@@ -773,6 +773,18 @@ def deploy_work(
     return work
 
 
+def rollback_check(*, steps: int = 1, to: str | None = None) -> Callable[[Remote], object]:
+    """For run_in_batches' `check`: the rollback's target exists and is good on this host (one
+    read of its state), so that a `--to` one host lacks changes no host."""
+
+    def check(remote: Remote) -> object:
+        return choose_rollback(
+            read_state(remote, AppLayout.from_vars(remote.host.vars)), steps=steps, to=to
+        )
+
+    return check
+
+
 def rollback_work(
     *,
     steps: int = 1,
@@ -856,8 +868,11 @@ class FleetLock:
         batch: int,
         info: Mapping[str, Any],
         prepare: Callable[[], object] | None = None,
+        check: Callable[[Remote], object] | None = None,
     ) -> None:
         self.groups = batches(hosts, batch)
+        self.check = check
+        self.check_failed: dict[str, str] = {}  # host -> why its check refused the work
         self.order = sorted(h.name for h in hosts)
         self.batch_of = {h.name: n for n, g in enumerate(self.groups) for h in g}
         self.info = dict(info, hosts=len(self.order))
@@ -909,6 +924,14 @@ class FleetLock:
                     self.cond.notify_all()
                 raise
             try:
+                if self.check is not None:
+                    try:
+                        self.check(remote)  # e.g. the rollback's target exists here
+                    except DeployError as exc:
+                        with self.cond:
+                            self.refused[name] = self.check_failed[name] = str(exc)
+                            self.cond.notify_all()
+                        raise
                 with self.cond:
                     self.locked.add(name)
                     self.cond.notify_all()
@@ -946,14 +969,17 @@ def run_in_batches(
     batch: int,
     info: Mapping[str, Any] | None = None,
     prepare: Once[Any] | None = None,
+    check: Callable[[Remote], object] | None = None,
     sudo_password: Secret | None = None,
     on_result: Callable[[HostResult], None] | None = None,
 ) -> list[HostResult]:
     """Run `work` batch after batch (hosts of a batch in parallel; stop after a failed batch)
     under the fleet's deploy lock (FleetLock): nothing changes on any host until every host's
     lock is held. `prepare` (the build) runs once, after that; if it fails, its exception is
-    raised here once every lock is released. `info` says who holds the lock and why."""
-    fleet = FleetLock(hosts, batch, info or lock_info("deploy", ""), prepare)
+    raised here once every lock is released. `info` says who holds the lock and why. `check`
+    runs on each host once its lock is held, before any host changes: a DeployError it raises on
+    any host stops every host, and is raised here as a ConfigError (exit 2) naming the hosts."""
+    fleet = FleetLock(hosts, batch, info or lock_info("deploy", ""), prepare, check)
 
     def report(result: HostResult) -> None:
         fleet.on_result(result)
@@ -989,6 +1015,9 @@ def run_in_batches(
         raise
     if failure:
         raise failure[0]
+    if fleet.check_failed:
+        why = "; ".join(f"{h}: {e}" for h, e in sorted(fleet.check_failed.items()))
+        raise ConfigError(f"refused before any host changed: {why}")
     if prepare is not None and prepare.error is not None:
         raise prepare.error
     return done[0]

@@ -206,6 +206,13 @@ def test_03_rollback_serves_v1_in_seconds_without_reinstalling(app_inventory, la
     after = host_state(app_inventory, web1.name)
     assert [r.name for r in after.releases] == [r.name for r in before.releases]
     assert after.journal[-1]["action"] == "rollback" and after.journal[-1]["result"] == "ok"
+    # A target that no host (or only some) has changes no host: refused (exit 2) once every
+    # host's lock is held and its state read, before any switch.
+    nowhere = run(app_inventory, "rollback", "--to", "no-such-release")
+    assert nowhere.returncode == 2, nowhere.stdout + nowhere.stderr
+    out = nowhere.stdout + nowhere.stderr
+    assert "refused before any host changed" in out and "no release 'no-such-release'" in out
+    assert version(web1.address) == "1.0.0"
     # Sentry learns that v1's commit is live again (a deploy of its existing release)
     from opskit.lab import registry as labsvc
 
@@ -274,7 +281,7 @@ def test_04_failed_deploy_never_reaches_live_traffic_nor_prunes(app_inventory, t
     assert back.returncode == 0, back.stdout + back.stderr
     assert version(web1.address) == "2.0.0"
     refused = run(app_inventory, "rollback", "--to", broken.name, "--hosts", web1.name)
-    assert refused.returncode == 1 and "marked bad" in refused.stdout
+    assert refused.returncode == 2 and "marked bad" in refused.stdout + refused.stderr
 
 
 def test_05_second_deploy_refused_and_killed_deploy_leaves_a_working_release(app_inventory):

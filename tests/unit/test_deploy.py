@@ -742,3 +742,24 @@ def test_fleet_lock_a_failed_build_is_raised_once_every_lock_is_gone(monkeypatch
     with pytest.raises(ConfigError, match="no such commit"):
         dep.run_in_batches(None, hosts, lambda r, c: [], batch=1, prepare=dep.Once(build))
     assert sorted(events) == ["lock web1", "lock web2", "unlock web1", "unlock web2"]
+
+
+def test_fleet_lock_a_check_refused_on_one_host_changes_no_host(monkeypatch):
+    # `rollback --to R` where web2 lacks R: refused (exit 2) before any host changes.
+    hosts, events = _fleet(monkeypatch, ["web1", "web2", "web3"])
+
+    def check(remote):
+        events.append(f"check {remote.name}")
+        if remote.name == "web2":
+            raise dep.NothingToRollBack("no release 'v9' on this host (releases: v1, v2)")
+
+    def work(remote, ctx):
+        events.append(f"work {remote.name}")
+        return []
+
+    refused = r"refused before any host changed: web2: no release .v9."
+    with pytest.raises(ConfigError, match=refused):
+        dep.run_in_batches(None, hosts, work, batch=3, check=check)
+    assert not [e for e in events if e.startswith("work")]
+    assert "check web3" not in events  # stopped in name order at web2
+    assert sorted(e for e in events if e.startswith("unlock")) == ["unlock web1", "unlock web2"]
