@@ -23,7 +23,7 @@ def expected_ports(
     """The sockets a host's roles explain (audit_ports replaces them; audit_ports_extra adds).
 
     >>> [str(r) for r in expected_ports({"ssh_port": 22, "app_port": 3000}, ["app", "nginx"])]
-    ['tcp/22', 'tcp/3000@loopback', 'tcp/80', 'tcp/443']
+    ['tcp/22', 'tcp/3000@loopback', 'tcp/3001@loopback', 'tcp/80', 'tcp/443']
     >>> [str(r) for r in expected_ports({"postgresql_listen_addresses": "localhost"},
     ...                                  ["postgresql"])]
     ['tcp/22', 'tcp/5432@loopback']
@@ -39,6 +39,9 @@ def expected_ports(
         rules.append(PortRule("tcp", port, why="sshd (the host's port in the inventory)"))
     if "app" in roles:
         rules.append(PortRule("tcp", int(v.get("app_port", 3000)), True, "the app (app_port)"))
+        # A deploy's new release proves itself here before it takes traffic.
+        candidate = int(v.get("app_candidate_port", 3001))
+        rules.append(PortRule("tcp", candidate, True, "a deploy's candidate (app_candidate_port)"))
     if "nginx" in roles:
         rules += [PortRule("tcp", 80, why="nginx"), PortRule("tcp", 443, why="nginx")]
     if "postgresql" in roles:
