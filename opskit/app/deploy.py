@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import posixpath
 import re
 import select
 import shlex
@@ -487,6 +488,15 @@ def prepare_script(
         f"rm -rf -- {rel}/.partial-*",  # a deploy killed while preparing (we hold the lock)
         f"[ ! -e {final} ] || {{ echo 'release {artifact.name} exists already' >&2; exit 17; }}",
     ]
+    sent = [p for p in (code_path, deps_path) if p]
+    if sent:
+        # Uploads of a deploy killed before it unpacked them (we hold the lock: none is in use).
+        home = q(posixpath.dirname(sent[0]))
+        keep = " | ".join(q(p) for p in sent)
+        lines.append(
+            f"for f in {home}/.opskit-*-code.tar.gz {home}/.opskit-*-deps.tar.gz; do "
+            f'case "$f" in {keep}) ;; *) rm -f -- "$f" ;; esac; done'
+        )
     if plan.code_from:
         lines += [
             f"cp -al -- {rel}/{q(plan.code_from)} {tmp}",

@@ -362,21 +362,24 @@ def test_prepare_unpacks_then_links_what_the_host_has(layout, tmp_path):
     art = release.Artifact(
         "20260101T000000Z-aaaaaaa", "v1", "a" * 40, "v1", "T1", code, "D1", deps, "t", "me"
     )
-    (tmp_path / "code.tgz").write_bytes(code)
-    (tmp_path / "deps.tgz").write_bytes(deps)
+    (tmp_path / ".opskit-x-code.tar.gz").write_bytes(code)
+    (tmp_path / ".opskit-x-deps.tar.gz").write_bytes(deps)
+    # what a deploy killed after its upload left behind
+    (tmp_path / ".opskit-old-code.tar.gz").write_bytes(b"left over")
     plan = dep.plan_upload(state(), art)
     _prepare(
         layout,
         art,
         plan,
         tmp_path,
-        code_path=str(tmp_path / "code.tgz"),
-        deps_path=str(tmp_path / "deps.tgz"),
+        code_path=str(tmp_path / ".opskit-x-code.tar.gz"),
+        deps_path=str(tmp_path / ".opskit-x-deps.tar.gz"),
     )
+    assert not (tmp_path / ".opskit-old-code.tar.gz").exists()
     r1 = Path(layout.releases, art.name)
     assert (r1 / "server.js").read_text() == "v1\n"
     assert json.loads((r1 / dep.RELEASE_META).read_text())["tree"] == "T1"
-    assert not (tmp_path / "code.tgz").exists()  # uploads are removed once unpacked
+    assert not (tmp_path / ".opskit-x-code.tar.gz").exists()  # uploads: removed once unpacked
     (r1 / dep.BAD_MARK).write_text("{}")
 
     # same code and dependencies: everything is hard-linked, nothing sent, no bad mark
