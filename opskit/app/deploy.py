@@ -470,6 +470,9 @@ def upload(remote: Remote, data: bytes, name: str) -> str:
     return f"{_home(remote).rstrip('/')}/{name}"
 
 
+STALE_UPLOAD_MINUTES = 60
+
+
 def prepare_script(
     layout: AppLayout,
     artifact: Artifact,
@@ -490,12 +493,12 @@ def prepare_script(
     ]
     sent = [p for p in (code_path, deps_path) if p]
     if sent:
-        # Uploads of a deploy killed before it unpacked them (we hold the lock: none is in use).
+        # Uploads of a deploy killed before it unpacked them; an hour old, so never those of a
+        # deploy of another app on this host that is running now.
         home = q(posixpath.dirname(sent[0]))
-        keep = " | ".join(q(p) for p in sent)
         lines.append(
-            f"for f in {home}/.opskit-*-code.tar.gz {home}/.opskit-*-deps.tar.gz; do "
-            f'case "$f" in {keep}) ;; *) rm -f -- "$f" ;; esac; done'
+            f"find {home} -maxdepth 1 -type f \\( -name '.opskit-*-code.tar.gz' -o "
+            f"-name '.opskit-*-deps.tar.gz' \\) -mmin +{STALE_UPLOAD_MINUTES} -delete"
         )
     if plan.code_from:
         lines += [

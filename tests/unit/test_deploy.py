@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -366,6 +367,7 @@ def test_prepare_unpacks_then_links_what_the_host_has(layout, tmp_path):
     (tmp_path / ".opskit-x-deps.tar.gz").write_bytes(deps)
     # what a deploy killed after its upload left behind
     (tmp_path / ".opskit-old-code.tar.gz").write_bytes(b"left over")
+    os.utime(tmp_path / ".opskit-old-code.tar.gz", (time.time() - 7200, time.time() - 7200))
     plan = dep.plan_upload(state(), art)
     _prepare(
         layout,
