@@ -623,4 +623,5 @@ def test_12_shared_paths_outlive_deploys_prunes_and_rollbacks(app_inventory, tmp
     assert again.returncode == 0, again.stdout + again.stderr
     assert sh(f"readlink {base}/releases/{old}/uploads") == f"{base}/shared/uploads"
     assert sh(f"cat {base}/current/uploads/photo.jpg") == "jpeg" and uploads() == 1
+    assert run_verify(shared, shared.select([web1.name]), roles=["app"]) == 0  # the spec agrees
     print("\nshared paths:", json.dumps(TIMINGS.get("deploy_with_shared_paths")))
