@@ -576,7 +576,8 @@ def test_an_old_release_gets_its_links_at_activation_once(shared_layout, tmp_pat
     assert LocalRemote().run(script).stdout == ""  # idempotent
     after = {p: p.lstat().st_mtime_ns for p in [*rel.rglob("*"), *Path(lo.shared).rglob("*")]}
     assert after == before
-    assert "LINK_SHARED" in dep.activate_sh() and "had its own" in dep.activate_sh()
+    # the activation runs it and says what it replaced in the words rollback_work notes
+    assert '"$LINK_SHARED"' in dep.activate_sh() and dep.SHARED_LINKED in dep.activate_sh()
 
 
 DEFAULT_GATE = {
