@@ -2,6 +2,8 @@
 //   GET /        {"app", "version", "release", "pid", "uptime"}  (the version comes from VERSION)
 //   GET /health  200 {"status":"healthy"}, or 503 {"status":"unhealthy"} when the release holds a
 //                file named BROKEN (how the lab builds a release that fails its health check)
+//   GET /upload-count  {"uploads": N}: how many entries uploads/ holds (inventories/lab.yml
+//                shares it between releases: app_shared_paths), null when the release has none
 //   GET /ws      answers a websocket upgrade with 101 and echoes, for the proxy's websocket test
 // A release holding a file named SLOW (a number of seconds) starts listening only that long
 // after it started: how the lab builds a release that is slow to start but healthy.
@@ -41,6 +43,15 @@ const server = http.createServer((req, res) => {
   if (url === "/health") {
     if (BROKEN) return send(res, 503, { status: "unhealthy", reason: readText("BROKEN", "") });
     return send(res, 200, { status: "healthy" });
+  }
+  if (url === "/upload-count") {
+    let count = null;
+    try {
+      count = fs.readdirSync(path.join(here, "uploads")).length;
+    } catch {
+      // no uploads/ in this release
+    }
+    return send(res, 200, { uploads: count });
   }
   if (url === "/" || url === "/version") {
     return send(res, 200, {

@@ -6,7 +6,8 @@ Layout on a host (made by roles/app)::
                                      the code, node_modules, .opskit-release.json (what, who,
                                      when) and, for a release that failed its gate, .opskit-bad
     /srv/<app>/current               symlink to releases/<name>, switched atomically (rename)
-    /srv/<app>/shared/               the app's own files; ecosystem.config.js (0600)
+    /srv/<app>/shared/               the app's own files; ecosystem.config.js (0600) and the
+                                     app_shared_paths every release links to
     /srv/<app>/.opskit/              root only: deploy.lock, lock.json (holder), journal.jsonl
                                      (every deploy and rollback), activate.sh/.log/.result
 
@@ -20,8 +21,9 @@ A deploy of one host, over its one SSH connection:
 3. **upload** only what the host lacks: nothing when a release with the same code (git tree) and
    dependencies (package-lock.json) is there (its files are hard-linked); else the code and/or
    the dependencies tarball (SFTP on the same connection), checked by sha256.
-4. **prepare** (one command): unpack into ``releases/.partial-<name>``, then rename it into place.
-   A deploy killed here leaves ``current`` untouched.
+4. **prepare** (one command): unpack into ``releases/.partial-<name>``, make the app_shared_paths
+   missing in ``shared/`` and link them into it (replacing the release's own copy), then rename
+   it into place. A deploy killed here leaves ``current`` untouched.
 5. **activate** (one command): a transient systemd unit on the host first starts the release
    *beside* the live app, as the PM2 app ``<app>-candidate`` (one process) on the spare port
    app_candidate_port, and polls its health endpoint there: it must answer healthy
@@ -31,10 +33,12 @@ A deploy of one host, over its one SSH connection:
    meanwhile. Once it passed, the candidate is removed, ``current`` switches, ``pm2
    startOrReload`` reloads the live app (cluster mode: one process after the other) and the gate
    runs again on 127.0.0.1:<app_port> until every PM2 process of the app runs from the new
-   release (its cwd). A release that fails is marked bad; if it failed live, the previous one
-   is switched back, reloaded and checked. A failed activation prunes nothing. The unit runs on
-   even if the operator's process dies, so ``current`` always ends on a release that passed its
-   gate (or the previous one). Result and journal entry are written by the unit.
+   release (its cwd). Before the candidate starts, the target gets any shared-path link it lacks
+   (a release prepared before the path was declared). A release that fails is marked bad; if it
+   failed live, the previous one is switched back, reloaded and checked. A failed activation
+   prunes nothing. The unit runs on even if the operator's process dies, so ``current`` always
+   ends on a release that passed its gate (or the previous one). Result and journal entry are
+   written by the unit.
 
 Rollback is steps 1, 2 and 5 with an older release as target: no upload, no install.
 """
@@ -471,6 +475,90 @@ def upload(remote: Remote, data: bytes, name: str) -> str:
 
 
 STALE_UPLOAD_MINUTES = 60
+SHARED_REPLACED = "@@shared-replaced "
+SHARED_LINKED = ": replaced by the link to shared/"  # what activate.sh says then
+
+# Defines opskit_shared KIND PATH (KIND d or f, PATH without its trailing /): makes
+# $SHARED/PATH when missing (parents too: 0750 dirs, 0640 files, owner $OWNER; never one that is
+# there) and links $RELEASE/PATH to it; a release's own copy there is replaced (and said).
+# Nothing is created outside $SHARED or $RELEASE through a symlink.
+_SHARED_FN = r"""
+inside() {  # inside DIR TOP: DIR resolves under TOP
+  local real; real=$(readlink -f -- "$1") && case "$real/" in "$2"/*) return 0 ;; esac
+  echo "$1 leads outside $2 (to ${real:-?}): nothing created there" >&2; return 1
+}
+opskit_shared() {
+  local kind=$1 rel=$2 s part c link top rtop
+  local -a cs=()
+  top=$(readlink -f -- "$SHARED") && rtop=$(readlink -f -- "$RELEASE") || return 1
+  s=$SHARED/$rel
+  if [ ! -e "$s" ] && [ ! -L "$s" ]; then
+    part=$SHARED
+    [ "${rel%/*}" = "$rel" ] || IFS=/ read -ra cs <<<"${rel%/*}"
+    for c in "${cs[@]}"; do
+      inside "$part" "$top" || return 1
+      part=$part/$c
+      if [ ! -e "$part" ] && [ ! -L "$part" ]; then
+        install -d -m 0750 -- "$part" && chown -h -- "$OWNER": "$part" || return 1
+      fi
+    done
+    inside "$(dirname -- "$s")" "$top" || return 1
+    if [ "$kind" = d ]; then
+      install -d -m 0750 -- "$s" || return 1
+    else
+      install -m 0640 /dev/null "$s" || return 1
+    fi
+    chown -h -- "$OWNER": "$s" || return 1
+  elif [ "$kind" = d ] && [ ! -d "$s" ]; then
+    echo "$s exists but is not a directory (app_shared_paths has $rel/)" >&2; return 1
+  elif [ "$kind" = f ] && [ -d "$s" ]; then
+    echo "$s is a directory (app_shared_paths has $rel, a file; write $rel/ for a directory)" >&2
+    return 1
+  fi
+  link=$RELEASE/$rel
+  if [ -L "$link" ] && [ "$(readlink -- "$link")" = "$s" ]; then return 0; fi
+  if [ -e "$link" ] || [ -L "$link" ]; then
+    rm -rf -- "$link" || return 1
+    echo "@@shared-replaced $rel$([ "$kind" = d ] && echo /)"
+  fi
+  mkdir -p -- "$(dirname -- "$link")" && inside "$(dirname -- "$link")" "$rtop" || return 1
+  ln -s -- "$s" "$link" || return 1
+}
+"""
+
+
+def shared_script(layout: AppLayout, release_dir: str) -> str:
+    """A bash script that makes the app_shared_paths in shared/ when missing and links them into
+    `release_dir` (idempotent: nothing changes when they are there). It prints
+    `@@shared-replaced <path>` for each path the release had its own copy of. Empty when there
+    are no shared paths."""
+    if not layout.shared_paths:
+        return ""
+    lines = [
+        "set -euo pipefail",
+        "umask 022",
+        f"SHARED={q(layout.shared)} RELEASE={q(release_dir)} OWNER={q(layout.user)}",
+        _SHARED_FN.strip(),
+    ]
+    for p in layout.shared_paths:
+        kind = "d" if p.endswith("/") else "f"
+        lines.append(f"opskit_shared {kind} {q(p.rstrip('/'))}")
+    return "\n".join(lines) + "\n"
+
+
+def replaced_note(output: str, release: str) -> str | None:
+    """The one line a deploy or rollback says when the release had its own copy of shared paths.
+
+    >>> replaced_note("x\n@@shared-replaced uploads/\n@@shared-replaced .env\n", "r1")
+    "r1 had its own uploads/, .env: replaced by links to the shared ones (app_shared_paths)"
+    """
+    paths = [ln.split(" ", 1)[1] for ln in output.splitlines() if ln.startswith(SHARED_REPLACED)]
+    if not paths:
+        return None
+    return (
+        f"{release} had its own {', '.join(dict.fromkeys(paths))}: replaced by links to the "
+        "shared ones (app_shared_paths)"
+    )
 
 
 def prepare_script(
@@ -526,8 +614,11 @@ def prepare_script(
                 f"rm -f -- {q(deps_path)}",
             ]
     meta_b64 = base64.b64encode((json.dumps(meta, sort_keys=True) + "\n").encode()).decode()
+    lines.append(f"echo {meta_b64} | base64 -d > {tmp}/{RELEASE_META}")
+    link = shared_script(layout, f"{layout.releases}/.partial-{artifact.name}")
+    if link:  # a subshell: its own options and functions; its links are never followed below
+        lines.append(f"bash -c {q(link)}")
     lines += [
-        f"echo {meta_b64} | base64 -d > {tmp}/{RELEASE_META}",
         f"chown -R root:root -- {tmp} && chmod -R u+rwX,go+rX,go-w -- {tmp}",
         f"mv -T -- {tmp} {final}",
     ]
@@ -600,6 +691,7 @@ def activation_params(
         "HEALTH_INTERVAL": f"{interval:g}",
         "HEALTH_SUCCESSES": str(successes),
         "PRUNE": " ".join(prune),
+        "LINK_SHARED": shared_script(layout, f"{layout.releases}/{target}"),
         "OPERATOR": operator(),
         "REF": ref,
         "SHA": sha,
@@ -758,11 +850,14 @@ def deploy_work(
             deployed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             deployed_by=operator(),
         )
-        remote.run(
+        prepared = remote.run(
             prepare_script(layout, art, plan, code_path=code_path, deps_path=deps_path, meta=meta),
             what=f"prepare release {art.name}",
         )
         ctx.notes.append(f"{art.name}: {plan.describe(art)}")
+        note = replaced_note(prepared.stdout, art.name)
+        if note:
+            ctx.notes.append(note)
         names = [r.name for r in state.releases] + [art.name]
         protect = [art.name] + ([state.current] if state.current else [])
         params = activation_params(
@@ -829,6 +924,10 @@ def rollback_work(
             health_timeout=opts.health_timeout,
         )
         act = activate(remote, layout, params)
+        # a release prepared before app_shared_paths had its own copy: the activation said so
+        ctx.notes += [
+            line.split(" ", 1)[-1] for line in act.log.splitlines() if SHARED_LINKED in line
+        ]
         change = _result_change(remote, act, f"rolled back to {target.label}")
         if landed is not None and target.meta.get("sha"):
             landed[remote.name] = str(target.meta["sha"])

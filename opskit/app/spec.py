@@ -2,7 +2,8 @@
 
 /srv/<app>/releases/<name>/      one directory per release (code, node_modules, metadata)
 /srv/<app>/current               symlink to releases/<name>, switched atomically
-/srv/<app>/shared/               the app's own files; ecosystem.config.js (0600)
+/srv/<app>/shared/               the app's own files; ecosystem.config.js (0600) and the
+                                 app_shared_paths, linked into every release at the same path
 /srv/<app>/.opskit/              root only: deploy lock, journal, activation state
 """
 
@@ -21,6 +22,47 @@ RELEASE_META = ".opskit-release.json"
 BAD_MARK = ".opskit-bad"
 LOCKED_EXIT = 75
 UNPROVISIONED_EXIT = 78
+# Names in a release or in shared/ that are opskit's, never a shared path's first part.
+RESERVED_SHARED = ("ecosystem.config.js", "node_modules", RELEASE_META, BAD_MARK)
+
+
+def shared_paths(value: Any) -> tuple[str, ...]:
+    """Check app_shared_paths: relative paths, `/` at the end for a directory, no `..`, none
+    twice or inside another; ConfigError names the key.
+
+    >>> shared_paths(["uploads/", ".env", "public/media/"])
+    ('uploads/', '.env', 'public/media/')
+    >>> shared_paths(["uploads/", "uploads"])
+    Traceback (most recent call last):
+    ...
+    opskit.core.errors.ConfigError: app_shared_paths[1]: 'uploads' is given twice (as 'uploads/')
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"app_shared_paths: expected a list of relative paths, got {value!r}")
+    seen: dict[str, str] = {}
+    for i, p in enumerate(value):
+        at = f"app_shared_paths[{i}]"
+        if not isinstance(p, str) or not p.strip("/"):
+            raise ConfigError(f"{at}: expected a relative path (`dir/` or `file`), got {p!r}")
+        if p.startswith("/"):
+            raise ConfigError(f"{at}: {p!r} is absolute; give it relative to the release")
+        parts = p.rstrip("/").split("/")
+        if any(c in ("", ".", "..") for c in parts) or re.search(r"[\x00-\x1f]", p):
+            raise ConfigError(
+                f"{at}: {p!r}: each part must be a name (no '..', '.', '//' or control characters)"
+            )
+        if parts[0] in RESERVED_SHARED:
+            raise ConfigError(f"{at}: {p!r}: {parts[0]} is opskit's own; choose another path")
+        key = "/".join(parts)
+        if key in seen:
+            raise ConfigError(f"{at}: {p!r} is given twice (as {seen[key]!r})")
+        for other, given in seen.items():
+            if key.startswith(other + "/") or other.startswith(key + "/"):
+                raise ConfigError(f"{at}: {p!r} overlaps {given!r}: one would be inside the other")
+        seen[key] = p
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -32,6 +74,7 @@ class AppLayout:
     port: int
     root: str = "/srv"  # tests point it at a temporary directory
     candidate_port: int = 0  # the spare port a release proves itself on (0: port + 1)
+    shared_paths: tuple[str, ...] = ()  # app_shared_paths: `dir/` or `file`, relative
 
     @classmethod
     def from_vars(cls, v: Mapping[str, Any]) -> AppLayout:
@@ -49,7 +92,13 @@ class AppLayout:
             raise ConfigError(f"app_candidate_port: expected a TCP port number, got {spare!r}")
         if spare == port:
             raise ConfigError(f"app_candidate_port: {spare} is app_port; choose a spare port")
-        return cls(name, user, port, candidate_port=spare)
+        return cls(
+            name,
+            user,
+            port,
+            candidate_port=spare,
+            shared_paths=shared_paths(v.get("app_shared_paths", [])),
+        )
 
     @property
     def spare_port(self) -> int:

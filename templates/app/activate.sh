@@ -110,6 +110,16 @@ PREV=$(readlink "$BASE/current" 2>/dev/null || true); PREV=${PREV##*/}
 [ "$PREV" != "$TARGET" ] || PREV=""
 say "$ACTION: activating $TARGET (current: ${PREV:-none})"
 [ -d "$BASE/releases/$TARGET" ] || finish failed "release $TARGET does not exist" ""
+# app_shared_paths: a deploy linked them when it prepared the release; a release prepared before
+# they were declared (a rollback's target) gets its links here. A no-op when they are there.
+if [ -n "${LINK_SHARED:-}" ]; then
+  if ! SHARED_OUT=$(umask 022; bash -c "$LINK_SHARED" 2>&1); then
+    finish failed "could not link app_shared_paths into $TARGET (nothing switched): $(printf '%s' "$SHARED_OUT" | tail -n 3 | tr '\n' ' ')" ""
+  fi
+  while IFS= read -r line; do
+    case $line in "@@shared-replaced "*) say "$TARGET had its own ${line#@@shared-replaced }: replaced by the link to shared/ (app_shared_paths)" ;; esac
+  done <<<"$SHARED_OUT"
+fi
 systemctl is-active -q "$PM2_SERVICE" || systemctl start "$PM2_SERVICE" || finish failed "could not start $PM2_SERVICE" ""
 # 1. The release proves itself beside the live app, which serves on untouched.
 candidate_stop  # one a killed activation may have left

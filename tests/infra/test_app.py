@@ -87,3 +87,16 @@ def test_current_release_is_healthy(host, hostvars):
     )
     url = f"http://127.0.0.1:{hostvars['app_port']}{hostvars['app_health_path']}"
     assert '"healthy"' in host.check_output(f"curl -sf {url}")
+
+
+def test_shared_paths_are_linked_into_the_current_release(host, hostvars):
+    base = f"/srv/{hostvars['app_name']}"
+    if not host.file(f"{base}/current").exists:
+        return  # provisioned, never deployed: a deploy makes and links them
+    for path in hostvars["app_shared_paths"]:
+        name = path.rstrip("/")
+        shared = host.file(f"{base}/shared/{name}")
+        assert shared.exists and shared.is_directory == path.endswith("/"), path
+        assert shared.user == hostvars["app_user"], path
+        link = host.file(f"{base}/current/{name}")
+        assert link.is_symlink and link.linked_to == f"{base}/shared/{name}", path

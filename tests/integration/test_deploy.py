@@ -560,3 +560,68 @@ def test_11_releases_and_journal(app_inventory):
     assert any(" deploy   failed " in line and "alice@laptop" in line for line in lines)
     assert any(" deploy   ok " in line and "alice@laptop" in line for line in lines)  # fleet
     print("\nmeasured on", web1, json.dumps(TIMINGS, indent=2))
+
+
+def test_12_shared_paths_outlive_deploys_prunes_and_rollbacks(app_inventory, tmp_path):
+    """app_shared_paths: [uploads/] (as inventories/lab.yml sets it): a file the app's user writes
+    through the current release's link is still there, through each new release's link, after a
+    deploy (which prunes), a rollback, and a rollback to a release made before the variable."""
+    import yaml
+
+    web1 = app_inventory.host(web(app_inventory)[0])
+    data = yaml.safe_load(app_inventory.path.read_text())
+    data["groups"]["web"]["vars"]["app_shared_paths"] = ["uploads/"]
+    (tmp_path / "shared.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    shared = load_inventory(tmp_path / "shared.yml")
+    base, user = "/srv/sample", shared.host(web1.name).vars["app_user"]
+
+    def sh(script: str) -> str:
+        remote = connect(shared.host(web1.name), shared.ssh)
+        try:
+            return remote.run(script, what="look at the shared paths").stdout.strip()
+        finally:
+            remote.close()
+
+    def uploads() -> Any:
+        code, body, _ = get(web1.address, "/upload-count")
+        assert code == 200, body
+        return json.loads(body)["uploads"]
+
+    first = run(shared, "deploy", "--ref", "v1", "--hosts", web1.name)
+    assert first.returncode == 0, first.stdout + first.stderr
+    r1 = host_state(shared, web1.name).current
+    assert sh(f"stat -c '%U %a %F' {base}/shared/uploads") == f"{user} 750 directory"
+    assert sh(f"readlink {base}/releases/{r1}/uploads") == f"{base}/shared/uploads"
+    assert uploads() == 0
+    sh(f"runuser -u {user} -- sh -c 'echo jpeg > {base}/current/uploads/photo.jpg'")
+    assert uploads() == 1
+
+    with Sampler(web1.address) as sampler:
+        second = run(shared, "deploy", "--ref", "v2", "--hosts", web1.name)
+    TIMINGS["deploy_with_shared_paths"] = sampler.report()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert sampler.failed == 0, sampler.report()
+    after = host_state(shared, web1.name)
+    r2 = after.current
+    assert r2 != r1 and version(web1.address) == "2.0.0"
+    assert len(after.releases) == 5  # app_keep_releases: the deploy pruned
+    assert sh(f"readlink {base}/releases/{r2}/uploads") == f"{base}/shared/uploads"
+    assert sh(f"cat {base}/current/uploads/photo.jpg") == "jpeg" and uploads() == 1
+
+    with Sampler(web1.address) as sampler:
+        back = run(shared, "rollback", "--hosts", web1.name)
+    assert back.returncode == 0 and sampler.failed == 0, (back.stdout, sampler.report())
+    assert host_state(shared, web1.name).current == r1 and version(web1.address) == "1.0.0"
+    assert sh(f"cat {base}/current/uploads/photo.jpg") == "jpeg" and uploads() == 1
+
+    # a release prepared before app_shared_paths existed gets its link when it is activated
+    older = [r for r in after.releases if r.name not in (r1, r2) and r.bad is None]
+    assert older, [r.name for r in after.releases]
+    old = older[-1].name
+    assert sh(f"[ -e {base}/releases/{old}/uploads ] && echo there || echo none") == "none"
+    again = run(shared, "rollback", "--to", old, "--hosts", web1.name)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sh(f"readlink {base}/releases/{old}/uploads") == f"{base}/shared/uploads"
+    assert sh(f"cat {base}/current/uploads/photo.jpg") == "jpeg" and uploads() == 1
+    assert run_verify(shared, shared.select([web1.name]), roles=["app"]) == 0  # the spec agrees
+    print("\nshared paths:", json.dumps(TIMINGS.get("deploy_with_shared_paths")))

@@ -17,7 +17,7 @@ from opskit.app import deploy as dep
 from opskit.app import release
 from opskit.app.resources import Unpacked
 from opskit.core import artifacts
-from opskit.core.errors import ConfigError
+from opskit.core.errors import ConfigError, RemoteCommandError
 from opskit.core.roles import REPO, available_roles, check_host_vars
 from opskit.resources import NOTHING
 from tests.fakes import LocalRemote
@@ -441,6 +441,193 @@ def test_prepare_refuses_a_corrupted_upload(layout, tmp_path):
             deps_path=None,
         )
     assert not Path(layout.releases, art.name).exists()
+
+
+# --- app_shared_paths ----------------------------------------------------------------------------
+
+SHARED = ("uploads/", ".env", "public/media/")
+
+
+@pytest.fixture
+def shared_layout(tmp_path: Path) -> dep.AppLayout:
+    # `nobody` stands in for the app user: a user every test machine has
+    lo = dep.AppLayout("shop", "nobody", 3000, root=str(tmp_path / "srv"), shared_paths=SHARED)
+    Path(lo.releases).mkdir(parents=True)
+    Path(lo.shared).mkdir()
+    return lo
+
+
+def _shared_prepare(lo, name, files, tmp_path, *, code_from=None, tree="T1"):
+    """Prepare release `name` (its code sent, or hard-linked from `code_from`); its stdout."""
+    code = _tar(files)
+    (tmp_path / "code.tgz").write_bytes(code)
+    art = release.Artifact(name, "v", "a" * 40, "v", tree, code, "", None, "t", "me")
+    plan = dep.UploadPlan(code_from, None, code_from is None, False)
+    script = dep.prepare_script(
+        lo,
+        art,
+        plan,
+        code_path=None if code_from else str(tmp_path / "code.tgz"),
+        deps_path=None,
+        meta={"name": name, "tree": tree},
+    )
+    if os.geteuid() != 0:  # hosts run it as root; locally the owner stays ours
+        script = script.replace("chown -R root:root", "true").replace("chown -h", "true")
+    return LocalRemote().run(script).stdout
+
+
+def test_shared_paths_are_made_once_linked_into_every_release_and_survive_deploys_and_prune(
+    shared_layout, tmp_path
+):
+    lo = shared_layout
+    shared = Path(lo.shared)
+    r1, r2, r3 = (f"2026010{i}T000000Z-aaaaaaa" for i in (1, 2, 3))
+    # the first release ships its own .env and uploads/: the links replace them, said once
+    out = _shared_prepare(
+        lo, r1, {"server.js": "v1\n", ".env": "SHIPPED=1\n", "uploads/x": "shipped\n"}, tmp_path
+    )
+    assert dep.replaced_note(out, r1) == (
+        f"{r1} had its own uploads/, .env: replaced by links to the shared ones (app_shared_paths)"
+    )
+    for path, kind, mode in (
+        ("uploads", "d", 0o750),
+        (".env", "f", 0o640),
+        ("public", "d", 0o750),
+        ("public/media", "d", 0o750),
+    ):
+        st = (shared / path).lstat()
+        assert (oct(st.st_mode & 0o777), (shared / path).is_dir()) == (oct(mode), kind == "d"), path
+        if os.geteuid() == 0:
+            assert st.st_uid == 65534, path  # the app user's
+    assert list((shared / "uploads").iterdir()) == [] and (shared / ".env").read_text() == ""
+    rel1 = Path(lo.releases, r1)
+    for p in ("uploads", ".env", "public/media"):
+        assert os.readlink(rel1 / p) == f"{lo.shared}/{p}"
+    assert (rel1 / "server.js").read_text() == "v1\n"
+    # the running app writes through its release's links
+    (rel1 / "uploads" / "photo.jpg").write_text("jpeg\n")
+    (rel1 / ".env").write_text("SECRET=1\n")
+
+    # the next deploys (code hard-linked from r1, then new code) never overwrite or remove them
+    assert _shared_prepare(lo, r2, {}, tmp_path, code_from=r1) == ""
+    out3 = _shared_prepare(lo, r3, {"server.js": "v3\n"}, tmp_path, tree="T3")
+    assert dep.replaced_note(out3, r3) is None
+    for r in (r2, r3):
+        assert (Path(lo.releases, r) / "uploads" / "photo.jpg").read_text() == "jpeg\n"
+        assert (Path(lo.releases, r) / ".env").read_text() == "SECRET=1\n"
+    assert (shared / ".env").read_text() == "SECRET=1\n"
+    if os.geteuid() == 0:  # chown -R root of the release never follows its links
+        assert (shared / ".env").stat().st_uid == 65534
+
+    # pruning r1 and r2 (what activate.sh's prune runs) leaves the shared files
+    prune = next(ln for ln in dep.activate_sh().splitlines() if "rm -rf" in ln and "releases" in ln)
+    assert 'rm -rf -- "${BASE:?}/releases/$r"' in prune
+    for r in (r1, r2):
+        subprocess.run(
+            ["bash", "-c", f'BASE={lo.base}; r={r}; rm -rf -- "${{BASE:?}}/releases/$r"'],
+            check=True,
+        )
+    assert sorted(p.name for p in Path(lo.releases).iterdir()) == [r3]
+    assert (shared / "uploads" / "photo.jpg").read_text() == "jpeg\n"
+    assert (Path(lo.releases, r3) / "uploads" / "photo.jpg").read_text() == "jpeg\n"
+
+
+def test_an_old_release_gets_its_links_at_activation_once(shared_layout, tmp_path):
+    """A release prepared before app_shared_paths existed (a rollback's target): the activation
+    runs the same script on it; a second run changes nothing."""
+    lo = shared_layout
+    old = dep.AppLayout("shop", "nobody", 3000, root=lo.root)  # no shared paths yet
+    _shared_prepare(old, "r0", {"server.js": "v0\n", ".env": "OLD=1\n"}, tmp_path)
+    rel = Path(lo.releases, "r0")
+    assert not (rel / "uploads").exists() and not (rel / ".env").is_symlink()
+    params = dep.activation_params(
+        lo,
+        DEFAULT_GATE,
+        action="rollback",
+        target="r0",
+        ref="v0",
+        sha="s",
+        message="",
+        prune=(),
+        health_timeout=None,
+    )
+    assert (
+        dep.activation_params(
+            old,
+            DEFAULT_GATE,
+            action="rollback",
+            target="r0",
+            ref="v0",
+            sha="s",
+            message="",
+            prune=(),
+            health_timeout=None,
+        )["LINK_SHARED"]
+        == ""
+    )
+    script = params["LINK_SHARED"]
+    if os.geteuid() != 0:
+        script = script.replace("chown -h", "true")
+    first = LocalRemote().run(script).stdout
+    assert dep.replaced_note(first, "r0") is not None and ".env" in first
+    assert os.readlink(rel / ".env") == f"{lo.shared}/.env"
+    assert os.readlink(rel / "public/media") == f"{lo.shared}/public/media"
+    before = {p: p.lstat().st_mtime_ns for p in [*rel.rglob("*"), *Path(lo.shared).rglob("*")]}
+    assert LocalRemote().run(script).stdout == ""  # idempotent
+    after = {p: p.lstat().st_mtime_ns for p in [*rel.rglob("*"), *Path(lo.shared).rglob("*")]}
+    assert after == before
+    # the activation runs it and says what it replaced in the words rollback_work notes
+    assert '"$LINK_SHARED"' in dep.activate_sh() and dep.SHARED_LINKED in dep.activate_sh()
+
+
+DEFAULT_GATE = {
+    "app_health_timeout": 5,
+    "app_health_interval": 0.5,
+    "app_health_successes": 1,
+    "app_health_path": "/health",
+    "app_health_match": "",
+}
+
+
+def test_shared_paths_refuse_a_wrong_kind_and_a_way_out(shared_layout, tmp_path):
+    lo = shared_layout
+    shared = Path(lo.shared)
+    (shared / "uploads").write_text("a file where a directory is declared\n")
+    with pytest.raises(RemoteCommandError, match="exists but is not a directory"):
+        _shared_prepare(lo, "r1", {"server.js": "v1\n"}, tmp_path)
+    assert not Path(lo.releases, "r1").exists()  # never in place (the next prepare sweeps)
+    (shared / "uploads").unlink()
+    # a symlink in shared/ leading elsewhere: nothing is created through it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (shared / "public").symlink_to(elsewhere)
+    with pytest.raises(RemoteCommandError, match="leads outside"):
+        _shared_prepare(lo, "r1", {"server.js": "v1\n"}, tmp_path)
+    assert list(elsewhere.iterdir()) == []
+    assert not Path(lo.releases, "r1").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (["/etc/passwd"], r"app_shared_paths\[0\]: '/etc/passwd' is absolute"),
+        (["uploads/", "../x"], r"app_shared_paths\[1\]: '\.\./x': each part must be a name"),
+        (["a/./b"], r"app_shared_paths\[0\]: 'a/\./b': each part must be a name"),
+        (["uploads/", "uploads"], r"app_shared_paths\[1\]: 'uploads' is given twice"),
+        ([".env", ".env"], r"app_shared_paths\[1\]: '\.env' is given twice"),
+        (["public/", "public/media/"], r"app_shared_paths\[1\]: 'public/media/' overlaps"),
+        (["ecosystem.config.js"], r"app_shared_paths\[0\]: .*opskit's own"),
+        (["node_modules/"], r"app_shared_paths\[0\]: .*opskit's own"),
+        (["/"], r"app_shared_paths\[0\]: expected a relative path"),
+        ("uploads/", r"app_shared_paths: expected a list"),
+    ],
+)
+def test_app_shared_paths_are_checked(value, message):
+    v = {"app_name": "shop", "app_user": "shop", "app_port": 3000, "app_shared_paths": value}
+    with pytest.raises(ConfigError, match=message):
+        dep.AppLayout.from_vars(v)
+    good = dep.AppLayout.from_vars({**v, "app_shared_paths": ["uploads/", ".env"]})
+    assert good.shared_paths == ("uploads/", ".env")
 
 
 # --- building the artifact ---------------------------------------------------------------------

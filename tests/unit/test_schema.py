@@ -231,6 +231,18 @@ def test_the_good_inventory_loads_and_builds(tmp_path):
             "groups.web.hosts.web1.vars.app_port: expected a TCP port number 1-65535, got 'abc'",
         ),
         (
+            "web1: {address: 10.0.0.11}",
+            "web1: {address: 10.0.0.11, vars: {app_shared_paths: [uploads/, ../x]}}",
+            "groups.web.hosts.web1.vars.app_shared_paths[1]: '../x' is not a relative path "
+            "without '..' (`dir/` for a directory, else a file)",
+        ),
+        (
+            "web1: {address: 10.0.0.11}",
+            "web1: {address: 10.0.0.11, vars: {app_shared_paths: [uploads/, .env, uploads]}}",
+            "groups.web.hosts.web1: role app: app_shared_paths[2]: 'uploads' is given twice "
+            "(as 'uploads/')",
+        ),
+        (
             "  healthcheck_slack_webhook_url: {secret: HOOK}",
             "  healthcheck_slack_webhook_url: {secret: HOOK}\n  healthcheck_checks: [htp]",
             "vars.healthcheck_checks[0]: expected one of http, database, disk, memory, cpu, "
