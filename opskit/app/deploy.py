@@ -549,8 +549,8 @@ def shared_script(layout: AppLayout, release_dir: str) -> str:
 def replaced_note(output: str, release: str) -> str | None:
     """The one line a deploy or rollback says when the release had its own copy of shared paths.
 
-    >>> replaced_note("x\n@@shared-replaced uploads/\n@@shared-replaced .env\n", "r1")
-    "r1 had its own uploads/, .env: replaced by links to the shared ones (app_shared_paths)"
+    >>> replaced_note("x\\n@@shared-replaced uploads/\\n@@shared-replaced .env\\n", "r1")
+    'r1 had its own uploads/, .env: replaced by links to the shared ones (app_shared_paths)'
     """
     paths = [ln.split(" ", 1)[1] for ln in output.splitlines() if ln.startswith(SHARED_REPLACED)]
     if not paths:
