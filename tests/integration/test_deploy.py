@@ -618,6 +618,9 @@ def test_12_shared_paths_outlive_deploys_prunes_and_rollbacks(app_inventory, tmp
     older = [r for r in after.releases if r.name not in (r1, r2) and r.bad is None]
     assert older, [r.name for r in after.releases]
     old = older[-1].name
+    # The lab sets app_shared_paths from the start, so this release has its link: take it away
+    # to make it one of before the variable (a release's own uploads/ would be replaced too).
+    sh(f"rm -f {base}/releases/{old}/uploads")
     assert sh(f"[ -e {base}/releases/{old}/uploads ] && echo there || echo none") == "none"
     again = run(shared, "rollback", "--to", old, "--hosts", web1.name)
     assert again.returncode == 0, again.stdout + again.stderr
