@@ -166,7 +166,8 @@ def rollback(
     except ValueError as exc:
         raise Exit(f"error: --health-timeout: {exc}", code=ExitStatus.USAGE) from None
     landed: dict[str, str] = {}
-    work = dep.rollback_work(steps=steps, to=to, opts=opts, landed=landed)
+    states: dict[str, dep.HostState] = {}  # read once per host, by the check, for the work
+    work = dep.rollback_work(steps=steps, to=to, opts=opts, landed=landed, states=states)
     started = datetime.now(UTC)
     what = f"rollback to {to}" if to else f"rollback {steps} step(s)"
     _run_app_work(
@@ -177,7 +178,7 @@ def rollback(
         json=json,
         ask_sudo_pass=ask_sudo_pass,
         info=dep.lock_info(what, message),
-        check=dep.rollback_check(steps=steps, to=to),
+        check=dep.rollback_check(steps=steps, to=to, states=states),
     )
     if len(set(landed.values())) == 1:  # Sentry: a deploy of the release now live everywhere
         _record_sentry_release(inv, selected, next(iter(landed.values())), started, json=json)

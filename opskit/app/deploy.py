@@ -881,14 +881,19 @@ def deploy_work(
     return work
 
 
-def rollback_check(*, steps: int = 1, to: str | None = None) -> Callable[[Remote], object]:
+def rollback_check(
+    *, steps: int = 1, to: str | None = None, states: dict[str, HostState] | None = None
+) -> Callable[[Remote], object]:
     """For run_in_batches' `check`: the rollback's target exists and is good on this host (one
-    read of its state), so that a `--to` one host lacks changes no host."""
+    read of its state), so that a `--to` one host lacks changes no host. The state read is kept
+    in `states` for rollback_work: the host stays locked until its work is done."""
 
     def check(remote: Remote) -> object:
-        return choose_rollback(
-            read_state(remote, AppLayout.from_vars(remote.host.vars)), steps=steps, to=to
-        )
+        state = read_state(remote, AppLayout.from_vars(remote.host.vars))
+        target = choose_rollback(state, steps=steps, to=to)
+        if states is not None:
+            states[remote.name] = state
+        return target
 
     return check
 
@@ -899,17 +904,20 @@ def rollback_work(
     to: str | None = None,
     opts: Options = Options(),
     landed: dict[str, str] | None = None,
+    states: dict[str, HostState] | None = None,
 ) -> Callable[[Remote, RunContext], list[Change]]:
     """The work of `inv rollback` on one host: back to an older good release, gated (run by
     run_in_batches while it holds the fleet's deploy lock).
 
     `landed` (if given) gets each host's new current release's commit once it passed the gate.
+    `states` holds what rollback_check read of the host under the same lock (else it is read).
     """
 
     def work(remote: Remote, ctx: RunContext) -> list[Change]:
         v = remote.host.vars
         layout = AppLayout.from_vars(v)
-        state = read_state(remote, layout)
+        known = states.pop(remote.name, None) if states is not None else None
+        state = known if known is not None else read_state(remote, layout)
         target = choose_rollback(state, steps=steps, to=to)
         state.check_spare_port(layout)
         params = activation_params(
