@@ -143,15 +143,23 @@ def _health_url(host: Host) -> str | None:
     return f"http://127.0.0.1:{port}{host.vars.get('app_health_path') or '/'}"
 
 
+def _maintenance_switch(host: Host) -> tuple[str, str] | None:
+    """(the quoted flag file, the health URL) of the host's app behind nginx; None: no switch."""
+    app = str(host.vars.get("app_name") or "")
+    url = _health_url(host)
+    if not app or "nginx" not in host.roles or url is None:
+        return None
+    return q(maintenance_flag(app)), url
+
+
 def maintenance_on(host: Host, stop: str) -> str:
     """`stop` (the app's stop command), after the maintenance switch is on for the host's app:
     its nginx answers 503 with Retry-After while the app is down, not 502. The flag file notes
     the HTTP status the app answered before (000: nothing answered)."""
-    app = str(host.vars.get("app_name") or "")
-    url = _health_url(host)
-    if not app or "nginx" not in host.roles or url is None:
+    switch = _maintenance_switch(host)
+    if switch is None:
         return stop
-    flag = q(maintenance_flag(app))
+    flag, url = switch
     return (
         f"install -d -m 0755 {q(MAINTENANCE_DIR)}\n"
         f"code=$(curl -s -o /dev/null -m 2 -w '%{{http_code}}' {q(url)}) || true\n"
@@ -163,11 +171,10 @@ def maintenance_on(host: Host, stop: str) -> str:
 def maintenance_off(host: Host, start: str) -> str:
     """`start` (the app's start command), then the maintenance switch off: once the app answers
     HTTP again (at most 30 s) if it answered before the stop, so no request meets a 502."""
-    app = str(host.vars.get("app_name") or "")
-    url = _health_url(host)
-    if not app or "nginx" not in host.roles or url is None:
+    switch = _maintenance_switch(host)
+    if switch is None:
         return start
-    flag = q(maintenance_flag(app))
+    flag, url = switch
     return (
         f"set +e\n{start}\nrc=$?\n"
         f'if [ "$(cat {flag} 2>/dev/null || echo 000)" != 000 ]; then\n'
