@@ -25,7 +25,18 @@ def _app_hosts(inventory, hosts):
 
 
 def _run_app_work(
-    inv, selected, work, *, batch, json, ask_sudo_pass, info, prepare=None, check=None
+    inv,
+    selected,
+    work,
+    *,
+    batch,
+    json,
+    ask_sudo_pass,
+    info,
+    prepare=None,
+    check=None,
+    on_interrupt=None,
+    interrupted="",
 ):
     from opskit.app.deploy import run_in_batches
 
@@ -42,6 +53,7 @@ def _run_app_work(
             check=check,
             sudo_password=password,
             on_result=emit,
+            on_interrupt=on_interrupt,
         )
     except ConfigError as exc:  # the build or a host's check refused: every lock let go, no change
         raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
@@ -49,7 +61,8 @@ def _run_app_work(
         raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
     except KeyboardInterrupt:
         raise Exit(
-            "interrupted: a host whose activation had started finishes it on its own (current "
+            interrupted
+            or "interrupted: a host whose activation had started finishes it on its own (current "
             "ends on a release that passed its health gate); hosts not started are unchanged",
             code=ExitStatus.INTERRUPTED,
         ) from None
@@ -67,10 +80,18 @@ APP_HELP = H(
 )
 
 
-@task(help=dict(APP_HELP, ref="git ref of the app's repo (app_repo): tag, branch or commit"))
+@task(
+    help=dict(
+        APP_HELP,
+        ref="git ref of the app's repo (app_repo): tag, branch or commit",
+        watch="after each host's switch, watch the release this long (30s, 10m; 0: no watch) "
+        "and roll back automatically when it goes bad (default: app_watch)",
+    )
+)
 def deploy(
     c,
     ref="HEAD",
+    watch=None,
     inventory=None,
     hosts=None,
     batch=1,
@@ -79,9 +100,11 @@ def deploy(
     json=False,
     ask_sudo_pass=False,
 ):
-    """Deploy a git ref of the app: build, upload, switch, reload, gate on health, else go back."""
+    """Deploy a git ref of the app: build, upload, switch, reload, gate on health, else go back;
+    with a watch, roll back automatically when the release goes bad (exit 1)."""
     from opskit.app import deploy as dep
     from opskit.app import release
+    from opskit.app.watch import Watch
 
     inv, selected = _app_hosts(inventory, hosts)
     v = selected[0].vars
@@ -89,6 +112,13 @@ def deploy(
         repo = release.resolve_repo(v["app_repo"], inv.path.parent)
         sha = release.resolve_commit(repo, ref)
         opts = dep.Options(message, float(health_timeout) if health_timeout else None)
+        watcher = Watch(
+            watch,
+            progress=lambda line: print(line, file=sys.stderr if json else sys.stdout, flush=True),
+            health_timeout=opts.health_timeout,
+        )
+        for h in selected:
+            watcher.rules(h.vars)  # a bad --watch or app_watch: exit 2 before anything changes
     except (ConfigError, ValueError) as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
     except OpsError as exc:
@@ -113,12 +143,16 @@ def deploy(
     _run_app_work(
         inv,
         selected,
-        dep.deploy_work(artifact, opts),
+        dep.deploy_work(artifact, opts, watcher),
         batch=batch,
         json=json,
         ask_sudo_pass=ask_sudo_pass,
         info=dep.lock_info(f"deploy {ref}", message),
         prepare=artifact,
+        on_interrupt=watcher.stop,
+        interrupted="interrupted: the watch ended without rolling back (the new release stays); "
+        "a host whose activation had started finishes it on its own; hosts not started are "
+        "unchanged",
     )
     built = artifact()
     _record_sentry_release(inv, selected, built.sha, started, ref=built.ref, json=json)

@@ -7,6 +7,9 @@
 //   GET /ws      answers a websocket upgrade with 101 and echoes, for the proxy's websocket test
 // A release holding a file named SLOW (a number of seconds) starts listening only that long
 // after it started: how the lab builds a release that is slow to start but healthy.
+// A release holding a file named FLAKY (a share, e.g. 0.3) answers that share of its requests
+// other than /health with 500: healthy to its health check, bad to its users (the post-deploy
+// watch's test release).
 // It listens on HOST:PORT (127.0.0.1:3000 by default) and stops gracefully on SIGINT/SIGTERM.
 "use strict";
 
@@ -30,6 +33,8 @@ function readText(name, fallback) {
 const VERSION = readText("VERSION", "unknown");
 const BROKEN = fs.existsSync(path.join(here, "BROKEN"));
 const SLOW = Number(readText("SLOW", "0")) || 0;
+const FLAKY = Math.min(1, Math.max(0, Number(readText("FLAKY", "0")) || 0));
+let flakyDebt = 0; // every request adds FLAKY; each whole one owed is answered with a 500
 const started = Date.now();
 
 function send(res, code, body) {
@@ -43,6 +48,11 @@ const server = http.createServer((req, res) => {
   if (url === "/health") {
     if (BROKEN) return send(res, 503, { status: "unhealthy", reason: readText("BROKEN", "") });
     return send(res, 200, { status: "healthy" });
+  }
+  flakyDebt += FLAKY;
+  if (flakyDebt >= 1) {
+    flakyDebt -= 1;
+    return send(res, 500, { error: "flaky on purpose (make-demo-repo)" });
   }
   if (url === "/upload-count") {
     let count = null;

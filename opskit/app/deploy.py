@@ -57,10 +57,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import paramiko
 
+from opskit.app import hold
 from opskit.app.release import Artifact, operator
 from opskit.app.spec import (
     BAD_MARK,
@@ -699,9 +700,17 @@ def activation_params(
     }
 
 
-def activate_command(layout: AppLayout, params: Mapping[str, str], *, wait: float) -> str:
-    """One remote command: start the activation unit, wait for its result, print log and result."""
+def activate_command(
+    layout: AppLayout,
+    params: Mapping[str, str],
+    *,
+    wait: float,
+    hold_lines: tuple[str, str] | None = None,
+) -> str:
+    """One remote command: start the activation unit, wait for its result, print log and result.
+    `hold_lines` (opskit.app.hold): set the health check's alert hold before, clear it after."""
     d, unit = q(layout.state_dir), q(layout.activate_unit)
+    hold_set, hold_clear = hold_lines or (":", ":")
     script_b64 = base64.b64encode(activate_sh().encode()).decode()
     env = "".join(f"{k}={q(str(val))}\n" for k, val in params.items())
     return f"""set -u
@@ -712,6 +721,7 @@ if systemctl is-active -q {unit}; then
   echo "an earlier activation is still running" >&2; exit 16
 fi
 rm -f "$d/activate.result"
+{hold_set} || echo "could not write the alert hold" >&2
 echo {script_b64} | base64 -d > "$d/activate.sh"
 cat > "$d/activate.env" <<'OPSKIT_EOF'
 {env}OPSKIT_EOF
@@ -725,6 +735,7 @@ while [ ! -e "$d/activate.result" ] && systemctl is-active -q {unit}; do
   sleep 0.1
 done
 sleep 0.1
+{hold_clear}
 echo "@@log"; cat "$d/activate.log" 2>/dev/null
 echo "@@result"; cat "$d/activate.result" 2>/dev/null
 """
@@ -764,8 +775,12 @@ def activate(remote: Remote, layout: AppLayout, params: Mapping[str, str]) -> Ac
     timeout = float(params["HEALTH_TIMEOUT"])
     # three gates (the release beside the live app, then live, then maybe the previous one)
     wait = 3 * timeout + 120
+    hold_lines = None
+    if "healthcheck" in remote.host.roles:  # its alerts are held while this host switches
+        reason = f"{params['ACTION']} {params['TARGET']}"
+        hold_lines = (hold.hold_script(wait + hold.HOLD_MARGIN, reason), hold.release_script())
     res = remote.run(
-        activate_command(layout, params, wait=wait),
+        activate_command(layout, params, wait=wait, hold_lines=hold_lines),
         what=f"activate {params['TARGET']}",
         timeout=wait + 30,
     )
@@ -779,6 +794,16 @@ def activate(remote: Remote, layout: AppLayout, params: Mapping[str, str]) -> Ac
 class Options:
     message: str = ""
     health_timeout: float | None = None
+
+
+class SwitchHook(Protocol):
+    """What a deploy does around each host's switch (opskit.app.watch: the post-deploy watch)."""
+
+    def before_switch(self, remote: Remote, state: HostState) -> None: ...
+
+    def after_switch(
+        self, remote: Remote, ctx: RunContext, state: HostState, act: Activation
+    ) -> list[Change]: ...
 
 
 def app_hosts(inventory: Inventory, hosts: Sequence[Host]) -> list[Host]:
@@ -825,11 +850,12 @@ def _result_change(remote: Remote, act: Activation, what: str) -> Change:
 
 
 def deploy_work(
-    artifact: Artifact | Callable[[], Artifact], opts: Options
+    artifact: Artifact | Callable[[], Artifact], opts: Options, hook: SwitchHook | None = None
 ) -> Callable[[Remote, RunContext], list[Change]]:
     """The work of `inv deploy` on one host (see the module docstring for the steps), run by
     run_in_batches while it holds the fleet's deploy lock. `artifact` may be a callable (a
-    `Once`): then it is built once, after every host's lock is held."""
+    `Once`): then it is built once, after every host's lock is held. `hook` runs just before
+    and after the switch, on the same connection and under the same lock."""
 
     def work(remote: Remote, ctx: RunContext) -> list[Change]:
         art = artifact() if callable(artifact) else artifact
@@ -873,9 +899,13 @@ def deploy_work(
             ),
             health_timeout=opts.health_timeout,
         )
+        if hook is not None:
+            hook.before_switch(remote, state)
         act = activate(remote, layout, params)
         change = _result_change(remote, act, f"deployed {art.describe}")
         ctx.notes.append(f"deploy took {time.monotonic() - started:.1f} s")
+        if hook is not None:
+            return [change, *hook.after_switch(remote, ctx, state, act)]
         return [change]
 
     return work
@@ -1092,13 +1122,15 @@ def run_in_batches(
     check: Callable[[Remote], object] | None = None,
     sudo_password: Secret | None = None,
     on_result: Callable[[HostResult], None] | None = None,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> list[HostResult]:
     """Run `work` batch after batch (hosts of a batch in parallel; stop after a failed batch)
     under the fleet's deploy lock (FleetLock): nothing changes on any host until every host's
     lock is held. `prepare` (the build) runs once, after that; if it fails, its exception is
     raised here once every lock is released. `info` says who holds the lock and why. `check`
     runs on each host once its lock is held, before any host changes: a DeployError it raises on
-    any host stops every host, and is raised here as a ConfigError (exit 2) naming the hosts."""
+    any host stops every host, and is raised here as a ConfigError (exit 2) naming the hosts.
+    `on_interrupt` is called on Ctrl-C before waiting for the started hosts (to end a watch)."""
     fleet = FleetLock(hosts, batch, info or lock_info("deploy", ""), prepare, check)
 
     def report(result: HostResult) -> None:
@@ -1131,6 +1163,8 @@ def run_in_batches(
             thread.join(0.2)
     except KeyboardInterrupt:
         fleet.cancel()  # hosts waiting for a lock or a batch stop; started ones finish
+        if on_interrupt is not None:
+            on_interrupt()
         thread.join()
         raise
     if failure:
