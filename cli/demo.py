@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import ssl
+import subprocess
+import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
+import yaml
 from invoke.exceptions import Exit
 
 from cli.app import deploy, releases
 from cli.audit import audit
 from cli.backup import backup_drill, backup_list, backup_run
 from cli.certs import certs_renew, certs_status
-from cli.common import H, task
+from cli.common import H, inventory_path, load, task
 from cli.core import provision, verify
 from cli.lab import lab_inbox, lab_up
 from cli.monitoring import monitoring_check, monitoring_sync
@@ -28,6 +37,56 @@ def _shown(check, c, inventory):
         print("(exit 4: warnings, shown above)")
 
 
+def _load_on(addresses, stop):
+    """GET / over HTTPS on each address every 50 ms until `stop` (at most 3 minutes): traffic for
+    the watch to judge. The lab's certificate is for its names, not the addresses: unverified."""
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    deadline = time.monotonic() + 180
+    while not stop.is_set() and time.monotonic() < deadline:
+        for address in addresses:
+            with contextlib.suppress(urllib.error.URLError, OSError):  # a 500 is traffic too
+                urllib.request.urlopen(f"https://{address}/", timeout=3, context=tls).close()
+        time.sleep(0.05)
+
+
+def _watch_demo(c, inventory):
+    """The post-deploy watch under load: the live app's release watched 20 s is kept; the demo
+    repo's `flaky` release (healthy, but 30 % of requests answer 500) is rolled back by it."""
+    from opskit.core.roles import REPO
+
+    path = inventory_path(inventory)
+    _, selected = load(inventory, None)
+    apps = [h for h in selected if "app" in h.roles]
+    tmp = Path(tempfile.mkdtemp(prefix="opskit-demo-watch-"))
+    subprocess.run(
+        [str(REPO / "app/sample/make-demo-repo"), str(tmp / "app")], check=True, capture_output=True
+    )
+    data = yaml.safe_load(path.read_text())
+    for group in data.get("groups", {}).values():
+        if "app" in (group.get("roles") or []):
+            group.setdefault("vars", {}).update(app_repo=str(tmp / "app"), app_repo_path=".")
+    demo_inventory = tmp / path.name
+    demo_inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    stop = threading.Event()
+    load_thread = threading.Thread(target=_load_on, args=([h.address for h in apps], stop))
+    load_thread.start()
+    try:
+        time.sleep(3)  # a baseline for the watch
+        deploy(c, inventory=inventory, batch=len(apps), watch="20s")
+        try:
+            deploy(c, inventory=str(demo_inventory), ref="flaky", batch=len(apps), watch="2m")
+        except Exit as exc:
+            if exc.code != 1:
+                raise
+            print("(exit 1: the watch rolled the flaky release back, as it should)")
+        else:
+            raise Exit("the flaky release was kept: the watch should have rolled it back", 1)
+    finally:
+        stop.set()
+        load_thread.join()
+
+
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
     """The main job on the lab, end to end: converge, deploy, back up, certify, monitor, verify."""
@@ -42,7 +101,11 @@ def lab_demo(c, inventory=None, fresh=False):
             lambda: provision(c, inventory=inventory, check=True, detailed_exitcode=True),
         ),
         ("deploy the sample app (health-gated)", lambda: deploy(c, inventory=inventory)),
-        ("releases", lambda: releases(c, inventory=inventory)),
+        (
+            "post-deploy watch under load: a good release kept, a flaky one rolled back",
+            lambda: _watch_demo(c, inventory),
+        ),
+        ("releases", lambda: releases(c, inventory=inventory, journal=2)),
         ("a verified backup to S3 now", lambda: backup_run(c, inventory=inventory)),
         ("backups per host", lambda: backup_list(c, inventory=inventory)),
         ("restore drill: RPO and RTO", lambda: backup_drill(c, inventory=inventory)),
