@@ -53,16 +53,17 @@ from opskit.hostside.watch_probe import Params, Sample
 
 PROBE_SOURCE = Path(watch_probe.__file__).read_text()
 _END = "OPSKIT_WATCH_PROBE"
-_DURATION = re.compile(r"(\d+)([smh]?)")
+_DURATION = re.compile(r"(\d+[smhdw])+|\d+")  # as the schema's `duration`
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 PROGRESS_EVERY = 10.0  # seconds between two progress lines of a host
 ACCESS_LOG = "/var/log/nginx/access.log"
 
 
 def parse_duration(value: Any, what: str = "--watch") -> float:
-    """Seconds of a watch: a number of seconds, or a number with s, m or h; 0 = no watch.
+    """Seconds of a watch: a number of seconds, or numbers with s, m, h, d or w; 0 = no watch.
 
-    >>> parse_duration("10m"), parse_duration("30s"), parse_duration(0), parse_duration("1h")
-    (600.0, 30.0, 0.0, 3600.0)
+    >>> parse_duration("10m"), parse_duration("30s"), parse_duration(0), parse_duration("1h30m")
+    (600.0, 30.0, 0.0, 5400.0)
     >>> parse_duration("ten")
     Traceback (most recent call last):
     ...
@@ -70,10 +71,12 @@ def parse_duration(value: Any, what: str = "--watch") -> float:
     """
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
-    m = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
-    if not m:
+    text = value.strip() if isinstance(value, str) else ""
+    if not _DURATION.fullmatch(text):
         raise ConfigError(f"{what}: {value!r}: expected seconds, or a number with s, m or h")
-    return float(int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)])
+    if text.isdigit():
+        return float(text)
+    return float(sum(int(n) * _UNIT[u] for n, u in re.findall(r"(\d+)([smhdw])", text)))
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,12 @@ def probe_command(params: Params) -> str:
 def read_sample(remote: Remote, params: Params) -> Sample:
     res = remote.run(probe_command(params), what="watch sample", timeout=60)
     lines = res.stdout.strip().splitlines()
-    sample: Sample = json.loads(lines[-1])
+    try:
+        sample: Sample = json.loads(lines[-1])
+    except (IndexError, ValueError) as exc:
+        raise deploy.DeployError(
+            f"the watch's sample is unreadable ({exc}): {res.stdout[-300:]!r}; the release stays"
+        ) from exc
     return sample
 
 
@@ -267,9 +275,13 @@ class _Progress:
     health_detail: str = ""
     restarts0: int | None = None
     restarts: int = 0
+    seconds: float = 0.0  # spent sampling (one remote command each)
+    log_error: str = ""
 
-    def add(self, s: Sample) -> None:
+    def add(self, s: Sample, seconds: float = 0.0) -> None:
         self.samples += 1
+        self.seconds += seconds
+        self.log_error = s.get("log_error", "")
         self.requests += s["requests"]
         self.errors += s["errors"]
         self.times_ms += s["times_ms"]
@@ -376,9 +388,10 @@ class Watch:
         )
         reason = None
         while not self.stopped.is_set():
+            t0 = time.monotonic()
             s = read_sample(remote, params)
             params["offset"] = s["offset"]
-            seen.add(s)
+            seen.add(s, time.monotonic() - t0)
             reason = decide(rules, before, seen.observed())
             with self.lock:
                 others = {h: r for h, r in self.rolled_back.items() if h != remote.name}
@@ -395,9 +408,10 @@ class Watch:
         elapsed = time.monotonic() - started
         if reason is None:
             how = "ended by Ctrl-C" if self.stopped.is_set() else "done"
+            each = seen.seconds / seen.samples if seen.samples else 0.0
             note = (
-                f"watch {how} after {elapsed:.0f} s: {seen.samples} samples, "
-                f"{seen.observed().since.describe()}: {act.target} kept"
+                f"watch {how} after {elapsed:.0f} s: {seen.samples} samples "
+                f"({each:.2f} s each), {seen.observed().since.describe()}: {act.target} kept"
             )
             ctx.notes.append(note)
             self.progress(f"[{remote.name}] {note}")
@@ -414,9 +428,10 @@ class Watch:
         health = (
             "ok" if not o.health_failures else f"failing x{o.health_failures}: {o.health_detail}"
         )
+        log = f"; access log unreadable: {seen.log_error}" if seen.log_error else ""
         return (
             f"[{host}] watch: {seen.samples} samples, {o.since.describe()}{base}; health {health}; "
-            f"PM2 restarts {o.restarts}; {max(0.0, left):.0f} s left"
+            f"PM2 restarts {o.restarts}{log}; {max(0.0, left):.0f} s left"
         )
 
     def _roll_back(

@@ -8,7 +8,10 @@ the web hosts (GET / every 50 ms per host, bounded) while the deploys run. Tests
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -211,3 +214,36 @@ def test_04_a_flaky_release_is_rolled_back_by_the_watch(app_inventory, lab_spec)
         if "post-deploy watch" in i["payload"].get("text", "")
     ]
     assert len(posted) == len(hosts), posted
+
+
+def test_05_ctrl_c_ends_the_watch_and_keeps_the_release(app_inventory):
+    hosts = web_hosts(app_inventory)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "deploy", "--ref", "v2", "--batch", "2", "--watch", "5m"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "OPSKIT_INVENTORY": str(app_inventory.path)},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # until every host watches
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if sum(" watching " in ln for ln in lines) == len(hosts):
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert "the watch ended without rolling back" in text, text
+    assert text.count("watch ended by Ctrl-C") >= len(hosts), text
+    for h in hosts:
+        assert served_version(h.address) == "2.0.0"
+        assert state(app_inventory, h.name).journal[-1]["action"] == "deploy"
