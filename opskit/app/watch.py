@@ -404,7 +404,8 @@ class Watch:
                 self.progress(self._line(remote.name, seen, before, deadline - now))
             if reason is not None or now >= deadline:
                 break
-            self.stopped.wait(min(rules.interval, max(0.0, deadline - now)))
+            # a sample every `interval` seconds from start to start (the sample takes its part)
+            self.stopped.wait(max(0.0, min(rules.interval - (now - t0), deadline - now)))
         elapsed = time.monotonic() - started
         if reason is None:
             how = "ended by Ctrl-C" if self.stopped.is_set() else "done"
