@@ -137,7 +137,9 @@ class Outcome:
         """
         backup = f" (backup before: {self.backup})" if self.backup else ""
         if not self.ok:
-            return f"migration failed on {self.host}: schema stays {self.before or '?'}{backup}"
+            now = self.after or self.before or "?"
+            moved = f"{self.before} -> {now}" if now != self.before else f"stays {now}"
+            return f"migration failed on {self.host}: schema {moved}{backup}"
         change = f"{self.before} -> {self.after}" if self.before != self.after else self.after
         what = "migrated" if self.before != self.after else "no migration pending"
         return f"{what} on {self.host}: schema {change} in {self.seconds:.1f} s{backup}"
@@ -265,7 +267,7 @@ class Migration:
             "operator": operator(),
             "release": release,
             "result": "ok" if o.ok else "failed",
-            "schema": o.after if o.ok else o.before,
+            "schema": o.after or o.before,  # a failed run keeps the migrations before it
             "schema_before": o.before,
             "backup": o.backup,
             "on": o.host,
@@ -346,7 +348,8 @@ def schema_guard(state: HostState, target: Release, *, force: bool) -> str | Non
     done = migrations(state.journal)
     if not done:
         return None
-    live = done[-1]
+    # the live schema: also what a failed run left (the migrations it applied before failing)
+    live = [j for j in state.journal if j.get("action") == MIGRATE and j.get("schema")][-1]
     live_schema = str(live.get("schema", ""))
     mine = [j for j in done if j.get("release") == target.name]
     if not mine:

@@ -171,10 +171,14 @@ def test_guard_lets_equal_schemas_and_unmigrated_fleets_pass():
     same = (_entry("r1", "0", "2", "k0"), _entry("r2", "2", "2", "k1"))
     s = HostState((Release("r1", {}), Release("r2", {})), "r2", journal=same)
     assert migrate.schema_guard(s, s.releases[0], force=False) is None
-    # a failed migration does not count: the live schema is what the last good one left
+    # a failed run that applied nothing leaves the schema; one that applied some moved it
     failed = {**_entry("r3", "2", "2", "k2"), "result": "failed"}
     s = HostState((Release("r1", {}), Release("r2", {})), "r2", journal=(*same, failed))
     assert migrate.schema_guard(s, s.releases[0], force=False) is None
+    moved = {**_entry("r3", "2", "3", "k2"), "result": "failed"}
+    s = HostState((Release("r1", {}), Release("r2", {})), "r2", journal=(*same, moved))
+    with pytest.raises(DeployError, match="the database is at 3"):
+        migrate.schema_guard(s, s.releases[1], force=False)
 
 
 def test_guard_refuses_a_release_without_a_recorded_schema():
