@@ -135,8 +135,8 @@ def _migration_stage(inv, selected, prepare, *, json):
 
     try:
         settings = migrate.Settings.from_vars(selected[0].vars)
-    except ConfigError as exc:
-        raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
+    except ConfigError as exc:  # before any lock or change
+        raise Exit(f"error: {inv.path}: {exc}", code=ExitStatus.USAGE) from None
     if not settings.command:
         return None
     db_hosts = _backed_up_databases(inv)
