@@ -291,6 +291,7 @@ class Migration:
             if self.backup is not None:
                 self.progress("a fresh verified backup before migrating")
                 key = self.backup()
+            started = time.monotonic()  # the migration's own time, without the backup's
             self.progress(f"migrating on {remote.name}: {self.settings.command}")
             layout = AppLayout.from_vars(remote.host.vars)
             res = remote.run(
