@@ -35,6 +35,7 @@ def _run_app_work(
     info,
     prepare=None,
     check=None,
+    stage=None,
     on_interrupt=None,
     interrupted="",
 ):
@@ -51,6 +52,7 @@ def _run_app_work(
             info=info,
             prepare=prepare,
             check=check,
+            stage=stage,
             sudo_password=password,
             on_result=emit,
             on_interrupt=on_interrupt,
@@ -140,10 +142,12 @@ def deploy(
     if not json:
         print(f"locking {len(selected)} host(s) for {v['app_name']} {ref} ({sha[:7]})", flush=True)
     started = datetime.now(UTC)
+    staged = {}  # hosts prepared by the migration's stage: only their activation is left
+    stage = _migration_stage(inv, selected, dep.deploy_prepare(artifact, opts, staged), json=json)
     _run_app_work(
         inv,
         selected,
-        dep.deploy_work(artifact, opts, watcher),
+        dep.deploy_work(artifact, opts, staged, watcher),
         batch=batch,
         json=json,
         ask_sudo_pass=ask_sudo_pass,
@@ -153,9 +157,54 @@ def deploy(
         interrupted="interrupted: the watch ended without rolling back (the new release stays); "
         "a host whose activation had started finishes it on its own; hosts not started are "
         "unchanged",
+        stage=stage,
     )
     built = artifact()
     _record_sentry_release(inv, selected, built.sha, started, ref=built.ref, json=json)
+
+
+def _migration_stage(inv, selected, prepare, *, json):
+    """With app_migrate_command: every host prepares, then one migration (after a verified
+    backup when the inventory has a backed-up database), then the batches switch. Else None."""
+    from opskit.app import migrate
+
+    try:
+        settings = migrate.Settings.from_vars(selected[0].vars)
+    except ConfigError as exc:  # before any lock or change
+        raise Exit(f"error: {inv.path}: {exc}", code=ExitStatus.USAGE) from None
+    if not settings.command:
+        return None
+    db_hosts = _backed_up_databases(inv)
+    say = (lambda line: None) if json else (lambda line: print(line, flush=True))
+    backup = (lambda: _verified_backup(inv, db_hosts, say)) if db_hosts else None
+    order = [h.name for h in selected]
+    return migrate.Migration(order, settings, backup, say).stage(prepare)
+
+
+def _backed_up_databases(inv):
+    from opskit.backup.spec import has_backup_role
+
+    return [h for h in inv.hosts if has_backup_role(h)]
+
+
+def _verified_backup(inv, db_hosts, say):
+    """opskit/backup's run + verify on each backed-up database host; the keys, or OpsError."""
+    from opskit.backup.hosts import on_hosts
+    from opskit.backup.restore import run_backup, verify_backup
+    from opskit.hostside.backup import KEY_KEY
+
+    def run_and_verify(remote, cfg):
+        made = run_backup(remote, cfg)
+        verify_backup(remote, cfg, made[KEY_KEY])
+        return made
+
+    outcomes = on_hosts(inv, db_hosts, run_and_verify)
+    failed = [f"{o.host}: {o.error}" for o in outcomes if not o.ok]
+    if failed:
+        raise OpsError(f"the backup before the migration failed ({'; '.join(failed)})")
+    keys = [str(o.data[KEY_KEY]) for o in outcomes]
+    say(f"verified backup before migrating: {', '.join(keys)}")
+    return ", ".join(keys)
 
 
 def _record_sentry_release(inv, selected, sha, started, *, ref=None, json):
@@ -177,12 +226,14 @@ def _record_sentry_release(inv, selected, sha, started, *, ref=None, json):
         APP_HELP,
         steps="go back this many good releases (default 1)",
         to="switch to this release (its name, or a unique prefix or suffix)",
+        force="roll back even to a release whose database schema is older than the live one",
     )
 )
 def rollback(
     c,
     steps=1,
     to=None,
+    force=False,
     inventory=None,
     hosts=None,
     batch=1,
@@ -204,6 +255,15 @@ def rollback(
     work = dep.rollback_work(steps=steps, to=to, opts=opts, landed=landed, states=states)
     started = datetime.now(UTC)
     what = f"rollback to {to}" if to else f"rollback {steps} step(s)"
+    from opskit.app import migrate
+
+    forced: dict[str, str] = {}
+
+    def guard(state, target):  # the schema guard: refused (exit 2) before any host changes
+        warning = migrate.schema_guard(state, target, force=force)
+        if warning:
+            forced[warning] = warning
+
     _run_app_work(
         inv,
         selected,
@@ -212,8 +272,12 @@ def rollback(
         json=json,
         ask_sudo_pass=ask_sudo_pass,
         info=dep.lock_info(what, message),
-        check=dep.rollback_check(steps=steps, to=to, states=states),
+        check=dep.rollback_check(
+            steps=steps, to=to, states=states, guard=guard, journal=migrate.JOURNAL_TAIL
+        ),
     )
+    for warning in forced:
+        print(f"warning: {warning}", file=sys.stderr)
     if len(set(landed.values())) == 1:  # Sentry: a deploy of the release now live everywhere
         _record_sentry_release(inv, selected, next(iter(landed.values())), started, json=json)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 from invoke.exceptions import Exit
 
-from cli.app import deploy, releases
+from cli import common as cli
+from cli.app import deploy, releases, rollback
 from cli.audit import audit
 from cli.backup import backup_drill, backup_list, backup_run
 from cli.certs import certs_renew, certs_status
@@ -25,6 +26,7 @@ from cli.lab import lab_inbox, lab_up
 from cli.monitoring import monitoring_check, monitoring_sync
 from cli.report import report_daily
 from cli.status import status
+from opskit.core.roles import REPO
 
 
 def _shown(check, c, inventory):
@@ -88,6 +90,39 @@ def _watch_demo(c, inventory):
     releases(c, inventory=inventory, journal=2)  # the bad mark and the journal say why
 
 
+def _migrations(c, inventory):
+    """Migrations: a newer release of the sample app (make-demo-repo's v2) migrates again after a
+    verified backup; a rollback across that migration is refused and names the backup; a release
+    whose migration fails (badmigration) leaves every host on the release it had."""
+    inv, _ = cli.load(inventory, None)
+    tmp = Path(tempfile.mkdtemp(prefix="opskit-demo-"))
+    repo = tmp / "sample-app"
+    subprocess.run(
+        [str(REPO / "app/sample/make-demo-repo"), str(repo)], check=True, capture_output=True
+    )
+    data = yaml.safe_load(inv.path.read_text())
+    for group in (data.get("groups") or {}).values():
+        if "app" in (group.get("roles") or []):
+            group.setdefault("vars", {}).update(app_repo=str(repo), app_repo_path=".")
+    path = tmp / "inventory.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    print(f"(the sample app's demo repo {repo}: v2 brings migration 2)", flush=True)
+    deploy(c, inventory=str(path), ref="v2", message="migration 2")
+    releases(c, inventory=str(path), journal=2)
+    other = str(path)
+    for title, refused in (
+        ("rollback across the migration, without --force", lambda: rollback(c, inventory=other)),
+        ("deploy badmigration", lambda: deploy(c, inventory=other, ref="badmigration")),
+    ):
+        print(f"-- {title}: must be refused", flush=True)
+        try:
+            refused()
+        except Exit as exc:
+            print(f"{exc.message or ''}\n(exit {exc.code}, as it should)".lstrip(), flush=True)
+        else:
+            raise Exit(f"demo: {title} was not refused", code=1)
+
+
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
     """The main job on the lab, end to end: converge, deploy, back up, certify, monitor, verify."""
@@ -101,8 +136,15 @@ def lab_demo(c, inventory=None, fresh=False):
             "provision again: must change nothing",
             lambda: provision(c, inventory=inventory, check=True, detailed_exitcode=True),
         ),
-        ("deploy the sample app (health-gated)", lambda: deploy(c, inventory=inventory)),
+        (
+            "deploy the sample app: verified backup, migration, health gate",
+            lambda: deploy(c, inventory=inventory),
+        ),
         ("releases", lambda: releases(c, inventory=inventory)),
+        (
+            "migrations: again after a verified backup; rollback across one refused; a failing one",
+            lambda: _migrations(c, inventory),
+        ),
         ("a verified backup to S3 now", lambda: backup_run(c, inventory=inventory)),
         ("backups per host", lambda: backup_list(c, inventory=inventory)),
         ("restore drill: RPO and RTO", lambda: backup_drill(c, inventory=inventory)),

@@ -849,12 +849,59 @@ def _result_change(remote: Remote, act: Activation, what: str) -> Change:
     )
 
 
+def deploy_prepare(
+    artifact: Artifact | Callable[[], Artifact],
+    opts: Options,
+    staged: dict[str, HostState],
+) -> Callable[[Remote, RunContext], str]:
+    """Steps 2-4 of a deploy on one host (state, upload, prepare): for run_in_batches' `stage`
+    (every host prepares before any switches, e.g. for a migration). Returns the release's name;
+    `staged` keeps what deploy_work needs of the host."""
+
+    def prepare(remote: Remote, ctx: RunContext) -> str:
+        art = artifact() if callable(artifact) else artifact
+        staged[remote.name] = _prepare(remote, ctx, art, opts)
+        return art.name
+
+    return prepare
+
+
+def _prepare(remote: Remote, ctx: RunContext, art: Artifact, opts: Options) -> HostState:
+    layout = AppLayout.from_vars(remote.host.vars)
+    state = read_state(remote, layout)
+    state.check_spare_port(layout)
+    plan = plan_upload(state, art)
+    code_path = deps_path = None
+    if plan.send_code:
+        code_path = upload(remote, art.code, f".opskit-{art.name}-code.tar.gz")
+    if plan.send_deps and art.deps is not None:
+        deps_path = upload(remote, art.deps, f".opskit-{art.name}-deps.tar.gz")
+    meta = dict(
+        art.metadata(message=opts.message),
+        deployed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        deployed_by=operator(),
+    )
+    prepared = remote.run(
+        prepare_script(layout, art, plan, code_path=code_path, deps_path=deps_path, meta=meta),
+        what=f"prepare release {art.name}",
+    )
+    ctx.notes.append(f"{art.name}: {plan.describe(art)}")
+    note = replaced_note(prepared.stdout, art.name)
+    if note:
+        ctx.notes.append(note)
+    return state
+
+
 def deploy_work(
-    artifact: Artifact | Callable[[], Artifact], opts: Options, hook: SwitchHook | None = None
+    artifact: Artifact | Callable[[], Artifact],
+    opts: Options,
+    staged: dict[str, HostState] | None = None,
+    hook: SwitchHook | None = None,
 ) -> Callable[[Remote, RunContext], list[Change]]:
     """The work of `inv deploy` on one host (see the module docstring for the steps), run by
     run_in_batches while it holds the fleet's deploy lock. `artifact` may be a callable (a
-    `Once`): then it is built once, after every host's lock is held. `hook` runs just before
+    `Once`): then it is built once, after every host's lock is held. A host in `staged` was
+    prepared already (deploy_prepare): only its activation is left. `hook` runs just before
     and after the switch, on the same connection and under the same lock."""
 
     def work(remote: Remote, ctx: RunContext) -> list[Change]:
@@ -863,27 +910,8 @@ def deploy_work(
         layout = AppLayout.from_vars(v)
         keep = int(v["app_keep_releases"])
         started = time.monotonic()
-        state = read_state(remote, layout)
-        state.check_spare_port(layout)
-        plan = plan_upload(state, art)
-        code_path = deps_path = None
-        if plan.send_code:
-            code_path = upload(remote, art.code, f".opskit-{art.name}-code.tar.gz")
-        if plan.send_deps and art.deps is not None:
-            deps_path = upload(remote, art.deps, f".opskit-{art.name}-deps.tar.gz")
-        meta = dict(
-            art.metadata(message=opts.message),
-            deployed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            deployed_by=operator(),
-        )
-        prepared = remote.run(
-            prepare_script(layout, art, plan, code_path=code_path, deps_path=deps_path, meta=meta),
-            what=f"prepare release {art.name}",
-        )
-        ctx.notes.append(f"{art.name}: {plan.describe(art)}")
-        note = replaced_note(prepared.stdout, art.name)
-        if note:
-            ctx.notes.append(note)
+        known = staged.pop(remote.name, None) if staged is not None else None
+        state = known if known is not None else _prepare(remote, ctx, art, opts)
         names = [r.name for r in state.releases] + [art.name]
         protect = [art.name] + ([state.current] if state.current else [])
         params = activation_params(
@@ -912,15 +940,23 @@ def deploy_work(
 
 
 def rollback_check(
-    *, steps: int = 1, to: str | None = None, states: dict[str, HostState] | None = None
+    *,
+    steps: int = 1,
+    to: str | None = None,
+    states: dict[str, HostState] | None = None,
+    guard: Callable[[HostState, Release], object] | None = None,
+    journal: int = 0,
 ) -> Callable[[Remote], object]:
     """For run_in_batches' `check`: the rollback's target exists and is good on this host (one
     read of its state), so that a `--to` one host lacks changes no host. The state read is kept
-    in `states` for rollback_work: the host stays locked until its work is done."""
+    in `states` for rollback_work: the host stays locked until its work is done. `guard` (e.g.
+    the schema guard, reading `journal` lines of the journal) may refuse the target too."""
 
     def check(remote: Remote) -> object:
-        state = read_state(remote, AppLayout.from_vars(remote.host.vars))
+        state = read_state(remote, AppLayout.from_vars(remote.host.vars), journal=journal)
         target = choose_rollback(state, steps=steps, to=to)
+        if guard is not None:
+            guard(state, target)
         if states is not None:
             states[remote.name] = state
         return target
@@ -1019,9 +1055,11 @@ class FleetLock:
         info: Mapping[str, Any],
         prepare: Callable[[], object] | None = None,
         check: Callable[[Remote], object] | None = None,
+        stage: Callable[[Remote, RunContext], object] | None = None,
     ) -> None:
         self.groups = batches(hosts, batch)
         self.check = check
+        self.stage = stage
         self.check_failed: dict[str, str] = {}  # host -> why its check refused the work
         self.order = sorted(h.name for h in hosts)
         self.batch_of = {h.name: n for n, g in enumerate(self.groups) for h in g}
@@ -1093,6 +1131,8 @@ class FleetLock:
                         self.prepare()
                     except Exception as exc:
                         raise DeployError(f"not run: {exc}; this host is unchanged") from exc
+                if self.stage is not None:
+                    self.stage(remote, ctx)  # every host at once, before the batches switch
                 n = self.batch_of[name]
                 earlier = [h for g in self.groups[:n] for h in g]
                 with self.cond:
@@ -1120,6 +1160,7 @@ def run_in_batches(
     info: Mapping[str, Any] | None = None,
     prepare: Once[Any] | None = None,
     check: Callable[[Remote], object] | None = None,
+    stage: Callable[[Remote, RunContext], object] | None = None,
     sudo_password: Secret | None = None,
     on_result: Callable[[HostResult], None] | None = None,
     on_interrupt: Callable[[], None] | None = None,
@@ -1130,8 +1171,10 @@ def run_in_batches(
     raised here once every lock is released. `info` says who holds the lock and why. `check`
     runs on each host once its lock is held, before any host changes: a DeployError it raises on
     any host stops every host, and is raised here as a ConfigError (exit 2) naming the hosts.
+    `stage` runs on every host at once after `prepare`, before the first batch's work (a deploy
+    with a migration prepares everywhere, then migrates once, before any host switches).
     `on_interrupt` is called on Ctrl-C before waiting for the started hosts (to end a watch)."""
-    fleet = FleetLock(hosts, batch, info or lock_info("deploy", ""), prepare, check)
+    fleet = FleetLock(hosts, batch, info or lock_info("deploy", ""), prepare, check, stage)
 
     def report(result: HostResult) -> None:
         fleet.on_result(result)

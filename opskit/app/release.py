@@ -21,6 +21,7 @@ import getpass
 import json
 import logging
 import os
+import posixpath
 import re
 import socket
 import tempfile
@@ -192,7 +193,12 @@ def build(
                     "package-lock.json: commit one (npm install --package-lock-only)"
                 )
             deps_key = sha256(lock)
-            deps = dependencies(package, lock, deps_key, cache=cache)
+            local = {f: show(f) for f in local_tarballs(declared)}
+            missing = sorted(f for f, data in local.items() if data is None)
+            if missing:
+                raise BuildError(f"{path}/package.json at {ref}: {', '.join(missing)} not in git")
+            files = {f: data for f, data in local.items() if data is not None}
+            deps = dependencies(package, lock, deps_key, cache=cache, files=files)
     when = time.time() if now is None else now
     return Artifact(
         name=release_name(sha, when),
@@ -208,8 +214,31 @@ def build(
     )
 
 
-def dependencies(package: bytes, lock: bytes, key: str, *, cache: Path | None = None) -> bytes:
-    """node_modules for this lock file as a tarball: from the cache, else `npm ci` once."""
+def local_tarballs(declared: dict[str, str]) -> list[str]:
+    """The app's own package tarballs its dependencies name (`file:vendor/x-1.0.0.tgz`): npm ci
+    needs them beside package.json (their integrity is in the lock file, so the deps key holds).
+
+    >>> local_tarballs({"ms": "2.1.3", "probe": "file:vendor/probe-1.0.0.tgz", "d": "file:../d"})
+    ['vendor/probe-1.0.0.tgz']
+    """
+    found = []
+    for spec in declared.values():
+        rel = str(spec)[len("file:") :] if str(spec).startswith("file:") else ""
+        if rel.endswith((".tgz", ".tar.gz")) and not rel.startswith("/") and ".." not in rel:
+            found.append(posixpath.normpath(rel))
+    return sorted(found)
+
+
+def dependencies(
+    package: bytes,
+    lock: bytes,
+    key: str,
+    *,
+    cache: Path | None = None,
+    files: dict[str, bytes] | None = None,
+) -> bytes:
+    """node_modules for this lock file as a tarball: from the cache, else `npm ci` once.
+    `files`: the local package tarballs the dependencies name (relative path -> bytes)."""
     root = (cache or cache_dir()) / "deps"
     tarball = root / f"{key}.tar.gz"
     if tarball.exists():
@@ -219,6 +248,9 @@ def dependencies(package: bytes, lock: bytes, key: str, *, cache: Path | None = 
         work = Path(tmp)
         (work / "package.json").write_bytes(package)
         (work / "package-lock.json").write_bytes(lock)
+        for rel, data in (files or {}).items():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            (work / rel).write_bytes(data)
         run_local(
             ["npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"],
             cwd=work,
