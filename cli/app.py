@@ -80,6 +80,7 @@ def deploy(
     ask_sudo_pass=False,
 ):
     """Deploy a git ref of the app: build, upload, switch, reload, gate on health, else go back."""
+    from opskit.app import build as appbuild
     from opskit.app import deploy as dep
     from opskit.app import release
 
@@ -89,6 +90,7 @@ def deploy(
         repo = release.resolve_repo(v["app_repo"], inv.path.parent)
         sha = release.resolve_commit(repo, ref)
         opts = dep.Options(message, float(health_timeout) if health_timeout else None)
+        target = appbuild.target(inv, selected)
     except (ConfigError, ValueError) as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
     except OpsError as exc:
@@ -97,8 +99,12 @@ def deploy(
     def build():
         # Built once the fleet's deploy lock is held: a second deploy started meanwhile is
         # refused whatever phase this one is in.
-        artifact = release.build(repo, v["app_repo_path"], ref)
+        # Dependencies are built on the hosts' platform (opskit.app.build), on the build
+        # host's own deploy connection (noted by `check` when its lock was taken).
+        artifact = release.build(repo, v["app_repo_path"], ref, install=False)
+        artifact, built = appbuild.build_release(inv, target, remotes, artifact)
         if not json:
+            print(f"  {appbuild.describe(built)}", flush=True)
             print(
                 f"deploying {v['app_name']} {artifact.describe} ({artifact.sha[:7]}) as release "
                 f"{artifact.name} to {len(selected)} host(s), {batch} at a time",
@@ -106,20 +112,26 @@ def deploy(
             )
         return artifact
 
+    remotes = appbuild.Remotes()
+
     artifact = dep.Once(build)
     if not json:
         print(f"locking {len(selected)} host(s) for {v['app_name']} {ref} ({sha[:7]})", flush=True)
     started = datetime.now(UTC)
-    _run_app_work(
-        inv,
-        selected,
-        dep.deploy_work(artifact, opts),
-        batch=batch,
-        json=json,
-        ask_sudo_pass=ask_sudo_pass,
-        info=dep.lock_info(f"deploy {ref}", message),
-        prepare=artifact,
-    )
+    try:
+        _run_app_work(
+            inv,
+            selected,
+            dep.deploy_work(artifact, opts),
+            batch=batch,
+            json=json,
+            ask_sudo_pass=ask_sudo_pass,
+            info=dep.lock_info(f"deploy {ref}", message),
+            prepare=artifact,
+            check=remotes.note,
+        )
+    finally:
+        remotes.close()
     built = artifact()
     _record_sentry_release(inv, selected, built.sha, started, ref=built.ref, json=json)
 

@@ -11,8 +11,8 @@ what it lacks:
   whose lock did not change runs no npm at all.
 
 Tarballs are deterministic (sorted names, fixed mtime and owners, gzip without a timestamp), so
-the same input always has the same sha256. Native addons would be built for the operator's Node
-and CPU: apps with native dependencies need an operator machine that matches the hosts.
+the same input always has the same sha256. `inv deploy` builds with ``install=False`` and lets
+opskit.app.build install the dependencies on the hosts' platform (install scripts run there).
 """
 
 from __future__ import annotations
@@ -150,8 +150,12 @@ def build(
     *,
     cache: Path | None = None,
     now: float | None = None,
+    install: bool = True,
 ) -> Artifact:
-    """Build the artifact of `ref`: the app's code at that commit and its dependencies."""
+    """Build the artifact of `ref`: the app's code at that commit and its dependencies.
+
+    `install=False`: the code only (deps None, deps_key the lock's sha256); opskit.app.build
+    then installs the dependencies where the platform matches the hosts'."""
     sha = resolve_commit(repo, ref)
     path = subdir.strip("/") or "."
     treeish = sha if path == "." else f"{sha}:{path}"
@@ -192,7 +196,8 @@ def build(
                     "package-lock.json: commit one (npm install --package-lock-only)"
                 )
             deps_key = sha256(lock)
-            deps = dependencies(package, lock, deps_key, cache=cache)
+            if install:
+                deps = dependencies(package, lock, deps_key, cache=cache)
     when = time.time() if now is None else now
     return Artifact(
         name=release_name(sha, when),

@@ -89,9 +89,9 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
             ),
         ]
         node_ids = (f"unpacked:{nd}",)
-    packages = (
-        ("logrotate", "curl") if official else (str(v["app_node_package"]), "logrotate", "curl")
-    )
+    # The official build links libatomic (not in a minimal Debian 12); distro: Debian's nodejs.
+    node_pkg = ("libatomic1",) if official else (str(v["app_node_package"]),)
+    packages = (*node_pkg, "logrotate", "curl")
     return [
         *node,
         Packages(packages),
