@@ -14,7 +14,7 @@ js() {  # a JSON string
 }
 umask 077  # PM2's dump files hold the app's environment (secrets): its owner's only
 # PM2's CLI runs under the hosts' node (app_node_source), like the daemon the systemd unit starts.
-PATH="${NODE_BIN:-/usr/bin}:/usr/local/bin:/usr/bin:/bin"; export PATH
+PATH="${NODE_BIN:-/usr/bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"; export PATH
 pm2() { timeout 120 runuser -u "$APP_USER" -- env HOME="$APP_HOME" PM2_HOME="$PM2_HOME" PATH="$PATH" "$PM2_BIN" "$@"; }
 private_dump() { chmod -f go-rwx "$PM2_HOME" "$PM2_HOME"/dump.pm2* 2>/dev/null || true; }
 switch() {  # switch RELEASE: atomically point current at it
