@@ -104,6 +104,7 @@ def deploy(
 ):
     """Deploy a git ref of the app: build, upload, switch, reload, gate on health, else go back;
     with a watch, roll back automatically when the release goes bad (exit 1)."""
+    from opskit.app import build as appbuild
     from opskit.app import deploy as dep
     from opskit.app import release
     from opskit.app.watch import Watch
@@ -121,6 +122,7 @@ def deploy(
         )
         for h in selected:
             watcher.rules(h.vars)  # a bad --watch or app_watch: exit 2 before anything changes
+        target = appbuild.target(inv, selected)
     except (ConfigError, ValueError) as exc:
         raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
     except OpsError as exc:
@@ -129,8 +131,12 @@ def deploy(
     def build():
         # Built once the fleet's deploy lock is held: a second deploy started meanwhile is
         # refused whatever phase this one is in.
-        artifact = release.build(repo, v["app_repo_path"], ref)
+        # Dependencies are built on the hosts' platform (opskit.app.build), on the build
+        # host's own deploy connection (noted by `check` when its lock was taken).
+        artifact = release.build(repo, v["app_repo_path"], ref, install=False)
+        artifact, built = appbuild.build_release(inv, target, remotes, artifact)
         if not json:
+            print(f"  {appbuild.describe(built)}", flush=True)
             print(
                 f"deploying {v['app_name']} {artifact.describe} ({artifact.sha[:7]}) as release "
                 f"{artifact.name} to {len(selected)} host(s), {batch} at a time",
@@ -138,27 +144,33 @@ def deploy(
             )
         return artifact
 
+    remotes = appbuild.Remotes()
+
     artifact = dep.Once(build)
     if not json:
         print(f"locking {len(selected)} host(s) for {v['app_name']} {ref} ({sha[:7]})", flush=True)
     started = datetime.now(UTC)
     staged = {}  # hosts prepared by the migration's stage: only their activation is left
     stage = _migration_stage(inv, selected, dep.deploy_prepare(artifact, opts, staged), json=json)
-    _run_app_work(
-        inv,
-        selected,
-        dep.deploy_work(artifact, opts, staged, watcher),
-        batch=batch,
-        json=json,
-        ask_sudo_pass=ask_sudo_pass,
-        info=dep.lock_info(f"deploy {ref}", message),
-        prepare=artifact,
-        on_interrupt=watcher.stop,
-        interrupted="interrupted: the watch ended without rolling back (the new release stays); "
-        "a host whose activation had started finishes it on its own; hosts not started are "
-        "unchanged",
-        stage=stage,
-    )
+    try:
+        _run_app_work(
+            inv,
+            selected,
+            dep.deploy_work(artifact, opts, staged, watcher),
+            batch=batch,
+            json=json,
+            ask_sudo_pass=ask_sudo_pass,
+            info=dep.lock_info(f"deploy {ref}", message),
+            prepare=artifact,
+            check=remotes.note,
+            on_interrupt=watcher.stop,
+            interrupted="interrupted: the watch ended without rolling back (the new release "
+            "stays); a host whose activation had started finishes it on its own; hosts not "
+            "started are unchanged",
+            stage=stage,
+        )
+    finally:
+        remotes.close()
     built = artifact()
     _record_sentry_release(inv, selected, built.sha, started, ref=built.ref, json=json)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 import subprocess
 import tempfile
@@ -21,7 +22,7 @@ from cli.audit import audit
 from cli.backup import backup_drill, backup_list, backup_run
 from cli.certs import certs_renew, certs_status
 from cli.common import H, inventory_path, load, task
-from cli.core import provision, verify
+from cli.core import provision, run, verify
 from cli.lab import lab_inbox, lab_up
 from cli.monitoring import monitoring_check, monitoring_sync
 from cli.report import report_daily
@@ -123,6 +124,32 @@ def _migrations(c, inventory):
             raise Exit(f"demo: {title} was not refused", code=1)
 
 
+def _node_lts_and_host_builds(c, inventory):
+    """The app on Node LTS, its dependencies built on the hosts' platform: a deploy from an
+    operator whose platform differs (a macOS laptop, simulated) still ships host-built
+    dependencies (the lock did not change: the build cache answers), and the app's processes run
+    the official node binary."""
+    from opskit.app.build import FORCE_ENV
+
+    before = os.environ.get(FORCE_ENV)
+    os.environ[FORCE_ENV] = "darwin-arm64"
+    try:
+        deploy(c, inventory=inventory, message="from a darwin-arm64 laptop (simulated)")
+    finally:
+        if before is None:
+            os.environ.pop(FORCE_ENV, None)
+        else:
+            os.environ[FORCE_ENV] = before
+    run(
+        c,
+        inventory=inventory,
+        hosts="web",
+        sudo=True,
+        command="for p in $(pgrep -u app -f /srv/); do readlink /proc/$p/exe; done | sort | "
+        'uniq -c; n=$(readlink -f /srv/*/current/node_modules); echo "node_modules: $n"',
+    )
+
+
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
     """The main job on the lab, end to end: converge, deploy, back up, certify, monitor, verify."""
@@ -139,6 +166,11 @@ def lab_demo(c, inventory=None, fresh=False):
         (
             "deploy the sample app: verified backup, migration, health gate",
             lambda: deploy(c, inventory=inventory),
+        ),
+        (
+            "Node LTS on the hosts; a deploy from a laptop of another platform ships host-built "
+            "dependencies",
+            lambda: _node_lts_and_host_builds(c, inventory),
         ),
         ("releases", lambda: releases(c, inventory=inventory)),
         (

@@ -70,6 +70,7 @@ from opskit.app.spec import (
     RELEASE_META,
     UNPROVISIONED_EXIT,
     AppLayout,
+    node_bin_dir,
 )
 from opskit.core.errors import ConfigError, OpsError
 from opskit.core.inventory import Host, Inventory
@@ -680,6 +681,7 @@ def activation_params(
         "STATE": layout.state_dir,
         "TARGET": target,
         "PM2_BIN": PM2_BIN,
+        "NODE_BIN": node_bin_dir(v),
         "PM2_HOME": layout.pm2_home,
         "PM2_SERVICE": layout.pm2_service,
         "ECOSYSTEM": layout.ecosystem,

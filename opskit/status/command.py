@@ -52,6 +52,7 @@ def probe_config(s: Settings) -> ProbeConfig:
             {"local_dir": s.backup.local_dir, "database": s.backup.database} if s.backup else None
         ),
         "updates": True,
+        "node_bin": s.node_bin,
     }
 
 

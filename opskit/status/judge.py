@@ -377,6 +377,18 @@ def _healthcheck_metrics(s: Settings, part: Any) -> list[Metric]:
     ]
 
 
+def _node_metric(part: Any) -> Metric:
+    """The app's Node.js version (shown, not graded; unknown when it does not run).
+
+    >>> _node_metric({"version": "26.12.1"}).value, _node_metric({"error": "no node"}).level
+    ('26.12.1', 'unknown')
+    """
+    err = _error(part)
+    if err or not isinstance(part, dict) or not part.get("version"):
+        return Metric("node", "node", None, "", "unknown", err or "not read")
+    return Metric("node", "node", str(part["version"]), "", "ok")
+
+
 def _system_metrics(part: Any) -> list[Metric]:
     """The host's release (shown), its pending security updates (shown with their names: the
     base role's unattended upgrades install them daily) and whether it waits for a reboot
@@ -485,6 +497,8 @@ def evaluate(
         metrics.append(_db_metric(s, p.get(probe.KEY_DATABASE)))
     if s.pm2_user:
         metrics += _pm2_metrics(s, p.get(probe.KEY_PM2), p.get(probe.KEY_HEALTHCHECK), host_now)
+    if s.node_bin:
+        metrics.append(_node_metric(p.get(probe.KEY_NODE)))
     if s.cert_specs is not None:
         metrics += _cert_metrics(s, raw.certs, host.name, now)
     if s.backup is not None:

@@ -81,6 +81,7 @@ class Settings:
     backup: BackupSettings | None
     healthcheck: Pair | None  # minutes; None: no healthcheck role
     ungraded: frozenset[str] = frozenset()
+    node_bin: str = ""  # the app's node directory (app_node_source); "" = no app role
 
 
 def _pair(
@@ -253,6 +254,7 @@ def _settings(host: Host, samples: int | None) -> Settings:
         backup=_backup_settings(host) if "backup" in roles else None,
         healthcheck=_healthcheck_pair(v) if hc else None,
         ungraded=_ungraded(v, roles),
+        node_bin=app_spec.node_bin_dir(v) if app else "",
     )
 
 

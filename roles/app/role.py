@@ -6,9 +6,19 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from opskit.app.resources import AppReload, Unpacked
-from opskit.app.spec import PM2_BIN, PM2_DIR, AppLayout
-from opskit.core.artifacts import npm_bundle
+from opskit.app.resources import AppReload, CpuIs, Unpacked
+from opskit.app.spec import (
+    NODE_CPU,
+    NODE_PACKAGE,
+    NPM_DIR,
+    PM2_BIN,
+    PM2_DIR,
+    AppLayout,
+    node_bin_dir,
+    node_dir,
+    node_source,
+)
+from opskit.core.artifacts import npm_bundle, npm_pack
 from opskit.core.errors import ConfigError
 from opskit.core.secrets import Secret
 from opskit.resources import (
@@ -44,6 +54,10 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
     """The desired state of roles/app/README.md for one host's variables."""
     lo = AppLayout.from_vars(v)
     version = str(v["app_pm2_version"])
+    npm_version = str(v["app_npm_version"])
+    node_version = str(v["app_node_version"])
+    official = node_source(v) == "official"
+    node_bin = node_bin_dir(v)
     unit = f"/etc/systemd/system/{lo.pm2_service}.service"
     ecosystem = lo.ecosystem
     tv = dict(
@@ -53,15 +67,38 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
         app_pm2_home=lo.pm2_home,
         app_pm2=PM2_BIN,
         app_pm2_bin_dir=PM2_BIN.rsplit("/", 1)[0],
+        app_node_bin_dir=node_bin,
         app_candidate_port=lo.spare_port,
         app_env_json=json.dumps(_env(v, lo), indent=10, sort_keys=True).replace(
             "\n}", "\n        }"
         ),
     )
+    node: list[Resource] = []
+    node_ids: tuple[str, ...] = ()
+    if official:
+        # The official build runs on x86_64 only: another CPU fails here, before any change.
+        why = (
+            f"app_node_source official installs {NODE_PACKAGE} (x86_64 builds only); "
+            "set app_node_source: distro for this host"
+        )
+        nd = node_dir(node_version)
+        node = [
+            CpuIs(NODE_CPU, why),
+            Unpacked(
+                nd, f"node {node_version}", lambda: npm_pack(NODE_PACKAGE, node_version), strip=1
+            ),
+        ]
+        node_ids = (f"unpacked:{nd}",)
+    # The official build links libatomic (not in a minimal Debian 12); distro: Debian's nodejs.
+    node_pkg = ("libatomic1",) if official else (str(v["app_node_package"]),)
+    packages = (*node_pkg, "logrotate", "curl")
     return [
-        Packages((str(v["app_node_package"]), "logrotate", "curl")),
+        *node,
+        Packages(packages),
         User(lo.user, shell="/usr/sbin/nologin", system=True),
         Unpacked(PM2_DIR, f"pm2 {version}", lambda: npm_bundle("pm2", version)),
+        # npm for builds on the hosts (npm rebuild, app_build_command, npm prune), run by `node`
+        Unpacked(NPM_DIR, f"npm {npm_version}", lambda: npm_bundle("npm", npm_version)),
         Symlink("/usr/local/bin/pm2", PM2_BIN),
         # PM2's home holds the app's environment (secrets) in dump.pm2: its owner's only.
         Directory(lo.pm2_home, 0o700, lo.user, lo.user),
@@ -81,8 +118,8 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
         ),
         Template(unit, "app/pm2.service.j2", tv),
         DaemonReload((f"file:{unit}",)),
-        Service(lo.pm2_service, restart_on=(f"unpacked:{PM2_DIR}", f"file:{unit}")),
-        AppReload(lo, (f"file:{ecosystem}",)),
+        Service(lo.pm2_service, restart_on=(f"unpacked:{PM2_DIR}", *node_ids, f"file:{unit}")),
+        AppReload(lo, (f"file:{ecosystem}",), node_bin),
         Template(
             f"/etc/logrotate.d/pm2-{lo.name}", "app/logrotate.j2", tv, validate="logrotate -d %s"
         ),

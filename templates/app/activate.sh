@@ -13,7 +13,9 @@ js() {  # a JSON string
   printf '"%s"' "$(printf '%s' "$s" | tr -d '\000-\037')"
 }
 umask 077  # PM2's dump files hold the app's environment (secrets): its owner's only
-pm2() { timeout 120 runuser -u "$APP_USER" -- env HOME="$APP_HOME" PM2_HOME="$PM2_HOME" "$PM2_BIN" "$@"; }
+# PM2's CLI runs under the hosts' node (app_node_source), like the daemon the systemd unit starts.
+PATH="${NODE_BIN:-/usr/bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"; export PATH
+pm2() { timeout 120 runuser -u "$APP_USER" -- env HOME="$APP_HOME" PM2_HOME="$PM2_HOME" PATH="$PATH" "$PM2_BIN" "$@"; }
 private_dump() { chmod -f go-rwx "$PM2_HOME" "$PM2_HOME"/dump.pm2* 2>/dev/null || true; }
 switch() {  # switch RELEASE: atomically point current at it
   ln -sfn "releases/$1" "$BASE/current.opskit-new" && mv -Tf "$BASE/current.opskit-new" "$BASE/current"
@@ -73,7 +75,7 @@ candidate_runs() {  # the candidate's process is still the one that started (no 
 candidate_stop() { pm2 delete "$CANDIDATE" >/dev/null 2>&1 || true; }
 candidate() {  # candidate RELEASE: start it beside the live app on the spare port and gate it there
   candidate_stop
-  if ! timeout 120 runuser -u "$APP_USER" -- env HOME="$APP_HOME" PM2_HOME="$PM2_HOME" \
+  if ! timeout 120 runuser -u "$APP_USER" -- env HOME="$APP_HOME" PM2_HOME="$PM2_HOME" PATH="$PATH" \
       OPSKIT_CANDIDATE="$BASE/releases/$1" "$PM2_BIN" start "$ECOSYSTEM" >/dev/null; then
     GATE_DETAIL="pm2 could not start $1 as $CANDIDATE"; return 1
   fi

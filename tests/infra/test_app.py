@@ -8,14 +8,35 @@ ROLE = "app"
 PM2 = "/opt/opskit/pm2/node_modules/pm2/bin/pm2"
 
 
+def _node(hostvars):
+    if hostvars.get("app_node_source", "official") == "distro":
+        return "/usr/bin/node"
+    return f"/opt/opskit/node-{hostvars['app_node_version']}/bin/node"
+
+
 def test_node_and_pinned_pm2(host, hostvars):
-    major = host.check_output("node --version").lstrip("v").split(".")[0]
-    assert int(major) >= 18
+    node = _node(hostvars)
+    version = host.check_output(f"{node} --version").lstrip("v")
+    if hostvars.get("app_node_source", "official") == "official":
+        assert version == hostvars["app_node_version"]
+        assert host.file(f"{node.rsplit('/bin/', 1)[0]}/.opskit-sha256").exists
+    assert int(version.split(".")[0]) >= 18
     assert host.check_output(f"{PM2} --version").strip().splitlines()[-1] == str(
         hostvars["app_pm2_version"]
     )
     assert host.file("/opt/opskit/pm2/.opskit-sha256").exists
     assert host.file("/usr/local/bin/pm2").linked_to == PM2
+
+
+def test_pm2_and_the_app_run_the_hosts_node(host, hostvars):
+    """The PM2 daemon and every process of the app run the node of app_node_source."""
+    user = hostvars["app_user"]
+    app = hostvars["app_name"]
+    pids = host.check_output(f"pgrep -u {user} -f 'God Daemon|/srv/{app}/' || true").split()
+    exes = {host.check_output(f"readlink /proc/{p}/exe || true").strip() for p in pids}
+    exes.discard("")
+    assert exes, f"no process of {user} runs"
+    assert exes == {_node(hostvars)}, exes
 
 
 def test_app_user_cannot_log_in(host, hostvars):

@@ -225,6 +225,8 @@ def test_activation_params_validate_the_gate():
         "app_health_successes": 3,
         "app_health_path": "/health",
         "app_health_match": '"status" *: *"healthy"',
+        "app_node_source": "official",
+        "app_node_version": "26.12.1",
     }
     lo = dep.AppLayout("shop", "shop", 3000)
     p = dep.activation_params(
@@ -586,6 +588,8 @@ DEFAULT_GATE = {
     "app_health_successes": 1,
     "app_health_path": "/health",
     "app_health_match": "",
+    "app_node_source": "distro",
+    "app_node_version": "26.12.1",
 }
 
 

@@ -15,7 +15,7 @@ from opskit.core.errors import ConfigError
 from opskit.core.remote import Result
 from tests.fakes import make_host
 
-VARS = {"app_name": "sample", "app_user": "app", "app_port": 3000}
+VARS = {"app_name": "sample", "app_user": "app", "app_port": 3000, "app_node_version": "26.12.1"}
 SETTINGS = migrate.Settings("node migrate.js", "node migrate.js --version")
 
 
@@ -137,6 +137,10 @@ def test_migrate_script_runs_as_the_app_user_in_the_release_with_its_environment
     s = migrate.migrate_script(AppLayout.from_vars(VARS), "R2", SETTINGS)
     assert "runuser -u app" in s and "OPSKIT_CANDIDATE=/srv/sample/releases/R2" in s
     assert "ecosystem.config.js" in s and s.count("node migrate.js --version") == 2
+    # under the app's node, with opskit's npm beside it (neither node build ships an npm here)
+    s = migrate.migrate_script(AppLayout.from_vars(VARS), "R2", SETTINGS, "/opt/opskit/node-26/bin")
+    assert 'PATH="$B":/opt/opskit/node-26/bin:' in s
+    assert "exec %s %s" in s and "/opt/opskit/node-26/bin/node" in s and "npm-cli.js" in s
 
 
 def _entry(release: str, before: str, after: str, backup: str) -> dict[str, str]:

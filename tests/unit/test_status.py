@@ -195,6 +195,7 @@ def web_probe(**over: Any) -> dict[str, Any]:
             "security_packages": [],
         },
         "health": [{"status": 200, "healthy": True, "ms": ms} for ms in (4, 6, 5, 30, 5)],
+        "node": {"version": "26.12.1"},
         "pm2": {
             "processes": [
                 {
@@ -257,10 +258,12 @@ def test_a_healthy_web_host_is_ok_with_its_numbers(tmp_path):
         "pm2",
         "pm2_restarts",
         "pm2_uptime",
+        "node",
         "healthcheck",
         "healthcheck_age",
         "release",
     ]
+    assert h.metric("node").value == "26.12.1"  # the app's Node.js, shown (not graded)
     assert h.metric("latency_p50").value == 5 and h.metric("latency_p95").value == 30
     assert h.samples == {"health_ms": [4, 6, 5, 30, 5]}
     assert h.metric("pm2").value == 2
