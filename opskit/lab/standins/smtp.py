@@ -41,7 +41,7 @@ class Keeper:
             "from": session.peer[0] if session.peer else None,
             "mail_from": envelope.mail_from,
             "rcpt_tos": list(envelope.rcpt_tos),
-            "subject": str(msg.get("Subject", "")),
+            "subject": str(msg.get("Subject", "")).strip(),  # unfolded, as a reader sees it
             "from_header": str(msg.get("From", "")),
             "to_header": str(msg.get("To", "")),
             "body": body.get_content() if body is not None else "",
