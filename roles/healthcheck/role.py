@@ -37,7 +37,7 @@ from opskit.monitoring.spec import (
     Alerts,
     compile_alerts,
 )
-from opskit.resources import CronEntry, Directory, File, HostProgram, Resource
+from opskit.resources import Absent, CronEntry, Directory, File, HostProgram, Resource
 
 
 def _number(v: Mapping[str, Any], key: str) -> float:
@@ -223,6 +223,8 @@ def resources(v: Mapping[str, Any]) -> list[Resource]:
         used = {t: {k: str(s) for k, s in secrets[t].items()} for t in built.get("targets", {})}
         text = json.dumps(used, indent=1, sort_keys=True) + "\n"
         targets.append(File(TARGETS_FILE, text, mode=0o600, sensitive=True))
+    else:
+        targets.append(Absent(TARGETS_FILE))  # no rules (any more): no secrets left behind
     return [
         Directory("/etc/opskit", 0o755),
         Directory("/var/lib/opskit", 0o755),

@@ -300,7 +300,8 @@ def test_without_alerts_nothing_changes(tmp_path):
     inventory = load(tmp_path, text)
     web = inventory.host("web1")
     assert "rules" not in build_config(web.vars)
-    assert not [r for r in role_resources(web, web.roles) if r.id == f"file:{TARGETS_FILE}"]
+    ids = [r.id for r in role_resources(web, web.roles)]
+    assert f"file:{TARGETS_FILE}" not in ids and f"absent:{TARGETS_FILE}" in ids
 
 
 @pytest.mark.parametrize(
