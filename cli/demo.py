@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import ssl
 import subprocess
@@ -28,6 +29,10 @@ from cli.monitoring import monitoring_check, monitoring_sync
 from cli.report import report_daily
 from cli.status import status
 from opskit.core.roles import REPO
+from opskit.core.runner import role_resources
+from opskit.hostside.healthcheck import CONFIG_PATH
+from opskit.lab import registry
+from opskit.lab.spec import load_lab_spec
 
 
 def _shown(check, c, inventory):
@@ -150,12 +155,34 @@ def _node_lts_and_host_builds(c, inventory):
     )
 
 
+def _alert_rules(c, inventory):
+    """The inventory's alert rules as each host runs them, and what each alert target (the
+    Slack channels, PagerDuty, e-mail) has received so far."""
+    _, hosts = cli.load(inventory, None)
+    for host in hosts:
+        if "healthcheck" not in host.roles:
+            continue
+        [cfg] = [r for r in role_resources(host, ["healthcheck"]) if r.id == f"file:{CONFIG_PATH}"]
+        config = json.loads(cfg.content)  # the config the role installs on the host
+        rules = config.get("rules", [])
+        print(f"{host.name}: {len(rules)} rules")
+        for r in rules:
+            when = f"{r['metric']} {r['op']} {r['value']:g} for {r['for_seconds']:g} s"
+            print(f"  {r['severity']:<8} {r['name']}: {when} -> {', '.join(r['notify'])}")
+    spec = load_lab_spec(cli.inventory_path(inventory))
+    for name in ("slack", "pagerduty", "smtp"):
+        counts = registry.inbox_counts(name, registry.read_inbox(spec, name))
+        shown = ", ".join(f"{k} {n}" for k, n in counts.items()) or "nothing yet"
+        print(f"received by {name}: {shown}")
+
+
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
     """The main job on the lab, end to end: converge, deploy, back up, certify, monitor, verify."""
     steps = [
         (
-            "lab up: hosts and stand-ins for S3, ACME, Slack, UptimeRobot, Sentry, Papertrail",
+            "lab up: hosts and stand-ins for S3, ACME, Slack, UptimeRobot, Sentry, Papertrail, "
+            "PagerDuty, SMTP",
             lambda: lab_up(c, inventory=inventory, fresh=fresh),
         ),
         ("provision every role", lambda: provision(c, inventory=inventory)),
@@ -197,6 +224,10 @@ def lab_demo(c, inventory=None, fresh=False):
             ),
         ),
         ("health checks now, as cron runs them", lambda: monitoring_check(c, inventory=inventory)),
+        (
+            "alert rules as code: each host's rules and routes, what each target received",
+            lambda: _alert_rules(c, inventory),
+        ),
         ("verify every host with testinfra", lambda: verify(c, inventory=inventory)),
         ("fleet status: one screen, worst state first", lambda: _shown(status, c, inventory)),
         ("security audit, from outside and inside", lambda: _shown(audit, c, inventory)),

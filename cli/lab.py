@@ -90,5 +90,8 @@ def lab_inbox(c, inventory=None, service=None, last=20):
             continue
         items = registry.read_inbox(spec, svc.name)
         print(f"== {svc.name} ({len(items)} received, {registry.service_url(spec, svc.name)})")
+        counts = registry.inbox_counts(svc.name, items)
+        if counts:
+            print("  by target: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
         for item in items[-last:]:
             print("  " + registry.describe_item(svc.name, item))

@@ -45,7 +45,10 @@ from opskit.core.roles import (
 from opskit.core.schema import DOC_POINTER, Invalid, Variable, check, did_you_mean, is_unset
 from opskit.core.secrets import Secret, SecretStore, redact
 
-TOP_KEYS = {"ssh", "lab", "secrets", "roles", "vars", "groups"}
+TOP_KEYS = {"ssh", "lab", "secrets", "roles", "vars", "groups", "alerts"}
+# Top-level sections that stand for one declared variable every host gets (at the level of the
+# top `vars`), checked like it: `alerts` is roles/healthcheck's alert rules.
+SECTIONS = {"alerts": "healthcheck_alerts"}
 SSH_KEYS = {"known_hosts", "identity", "connect_timeout", "sudo_password"}
 SECRETS_KEYS = {"file"}
 GROUP_KEYS = {"roles", "vars", "hosts"}
@@ -258,6 +261,11 @@ class _Loader:
                 )
             top_roles, top_source = list(DEFAULT_ROLES), IMPLICIT
         top_vars = self.vars(top.get("vars"), "vars")
+        for section, name in SECTIONS.items():
+            if section in top:
+                if name in top_vars:
+                    raise self.err(section, f"give either `{section}:` or vars.{name}, not both")
+                top_vars[name] = self.section(top[section], section, name)
 
         groups_raw = self.mapping(top.get("groups"), "groups")
         if not groups_raw:
@@ -386,6 +394,17 @@ class _Loader:
                 raise self.err(f"{key}.{k}{exc.at}", exc.message) from None
             out[k] = resolved
         return out
+
+    def section(self, value: Any, key: str, name: str) -> Any:
+        """The top-level section `key`, checked as the declared variable `name`."""
+        if name not in self.declared:
+            raise self.err(key, f"needs the variable {name}, which no known role declares")
+        resolved = self.resolve(value, key)
+        try:
+            check(self.declared[name].spec, resolved)
+        except Invalid as exc:
+            raise self.err(f"{key}{exc.at}", exc.message) from None
+        return resolved
 
     def unknown_variable(self, name: str) -> str:
         """Why `name` is refused: the declared variable it is close to (and who declares it),

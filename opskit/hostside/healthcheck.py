@@ -23,7 +23,9 @@ import json
 import os
 import re
 import shutil
+import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from enum import IntEnum
 from typing import Any, Final, NotRequired, TypedDict, cast
 
@@ -83,6 +86,8 @@ class Key:
     SUMMARY: Final = "summary"  # of a result: one line for people
     SENT: Final = "sent"  # of the alert: what was sent (decide()), or null
     ERROR: Final = "error"  # of the alert: why Slack was not reached, or null
+    HOLD: Final = "hold"  # the alert hold (read_hold()): {held, until, reason, note}
+    RULES: Final = "rules"  # the alert rules (run_rules()): {firing, samples, sent, failed, ...}
 
 
 class StateKey:
@@ -173,6 +178,11 @@ class Config(TypedDict):
     hints: dict[str, str]  # "what to do first" by check name, replacing HINTS
     hint_vars: dict[str, Any]  # what the hints' {placeholders} stand for
     _comment: NotRequired[str]
+    # Alert rules (the inventory's `alerts`): none means only the Slack alerts above.
+    metrics: NotRequired[dict[str, MetricConfig]]
+    rules: NotRequired[list[RuleConfig]]
+    targets: NotRequired[dict[str, TargetConfig]]
+    targets_file: NotRequired[str]  # the targets' URLs, keys and passwords, root 0600
 
 
 Result = dict[str, Any]  # {name, level, summary, ...details}: see Key
@@ -240,10 +250,10 @@ def check_http(c: HttpConfig, timeout: float) -> Result:
             body = resp.read(65536).decode("utf-8", "replace")
             status = resp.status
     except urllib.error.HTTPError as exc:
-        return result(HTTP, "critical", f"{url} answered HTTP {exc.code}", status=exc.code)
+        return result(HTTP, "critical", f"{url} answered HTTP {exc.code}", status=exc.code, up=0)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return result(HTTP, "critical", f"{url} is unreachable ({reason})")
+        return result(HTTP, "critical", f"{url} is unreachable ({reason})", up=0)
     ms = round((time.monotonic() - started) * 1000)
     keyword = c.get("keyword") or ""
     healthy = True
@@ -259,6 +269,7 @@ def check_http(c: HttpConfig, timeout: float) -> Result:
             f"{url} answered {status} without status {keyword!r}: {body[:120]}",
             status=status,
             ms=ms,
+            up=0,
         )
     level = grade(ms, c.get("warning_ms"), c.get("critical_ms"))
     summary = f"{url} healthy in {ms} ms"
@@ -266,7 +277,7 @@ def check_http(c: HttpConfig, timeout: float) -> Result:
         summary += (
             f" (slow: warning at {c.get('warning_ms')} ms, critical at {c.get('critical_ms')} ms)"
         )
-    return result(HTTP, level, summary, status=status, ms=ms)
+    return result(HTTP, level, summary, status=status, ms=ms, up=1)
 
 
 def check_database(c: DatabaseConfig, timeout: float) -> Result:
@@ -671,6 +682,428 @@ def sent(state: dict[str, Any], problems: Mapping[str, str], now: float) -> None
     state[StateKey.LAST_SENT] = now
 
 
+# --- alert rules: custom metrics, conditions held `for` a while, routed to named targets ------
+
+# The metrics a rule may name besides the custom ones (config "metrics"), from the checks' results.
+METRICS: Final = {
+    "error_rate": "percent of 5xx answers in the access-log window (error_rate check)",
+    "p95": "p95 latency in ms over the access-log window (p95 check)",
+    "http_down": "1 when the health endpoint is unreachable or unhealthy, else 0 (http check)",
+    "http_ms": "the health endpoint's response time in ms (http check)",
+    "database_down": "1 when the database does not accept connections, else 0 (database check)",
+    "disk": "used percent of the fullest checked file system (disk check)",
+    "memory": "used memory, percent (memory check)",
+    "cpu": "busy CPU, percent (cpu check)",
+    "pm2_restarts": "PM2 restarts since the last check, the most of any app (pm2 check)",
+}
+METRIC_KINDS: Final = ("sql", "http_json", "command")  # custom metrics
+OPERATORS: Final = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+SEVERITIES: Final = ("critical", "high", "warning", "info")
+TARGET_KINDS: Final = ("slack", "pagerduty", "email")
+# PagerDuty's payload.severity is one of critical, error, warning, info
+# (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/).
+PAGERDUTY_SEVERITY: Final = {"critical": "critical", "high": "error", "warning": "warning"}
+PAGERDUTY_URL: Final = "https://events.pagerduty.com/v2/enqueue"
+RULES_KEY: Final = "rules"  # state.json: {rule: {since, value, sent: {target: {state, at}}}}
+# The alert hold (a maintenance window, written by a deploy): {"until": <epoch s>, "reason": ".."}.
+# While now < until the check still measures and writes status.json (marked held) but sends
+# nothing; afterwards it compares against what was last *notified*.
+HOLD_NAME: Final = "hold.json"
+HOLD_FILE: Final = f"{STATE_DIR}/{HOLD_NAME}"
+MAX_HOLD_SECONDS: Final = 24 * 3600  # a hold further ahead is taken as garbled and ignored
+
+
+class MetricConfig(TypedDict):
+    kind: str  # sql | http_json | command
+    query: NotRequired[str]  # sql: one number, run with psql as postgres
+    database: NotRequired[str]  # sql: the database (default postgres)
+    url: NotRequired[str]  # http_json: GET this
+    field: NotRequired[str]  # http_json: dotted path of the number in the answer
+    command: NotRequired[str]  # command: run with sh -c as root; its stdout is a number
+
+
+class RuleConfig(TypedDict):
+    name: str
+    metric: str
+    op: str
+    value: float
+    for_seconds: float
+    severity: str
+    notify: list[str]  # target names
+    description: NotRequired[str]
+
+
+class TargetConfig(TypedDict):
+    kind: str  # slack | pagerduty | email
+    url: NotRequired[str]  # pagerduty: the Events API v2 enqueue URL
+    smtp_host: NotRequired[str]
+    smtp_port: NotRequired[int]
+    starttls: NotRequired[bool]
+    username: NotRequired[str]
+    sender: NotRequired[str]
+    to: NotRequired[list[str]]
+
+
+class Hold(TypedDict):
+    held: bool
+    until: NotRequired[float]
+    reason: NotRequired[str]
+    note: NotRequired[str]  # why a hold file was ignored
+
+
+def read_hold(path: str, now: float) -> Hold:
+    """The hold in `path`: held while now < until; a missing file is no hold, a stale (ended),
+    garbled or implausible (more than MAX_HOLD_SECONDS ahead) one is ignored with a note.
+
+    >>> import tempfile; d = tempfile.mkdtemp(); p = os.path.join(d, "hold.json")
+    >>> read_hold(p, 100)
+    {'held': False}
+    >>> _ = open(p, "w").write('{"until": 160, "reason": "deploy r42"}')
+    >>> read_hold(p, 100)
+    {'held': True, 'until': 160.0, 'reason': 'deploy r42'}
+    >>> read_hold(p, 200)["note"]
+    'hold ended at 1970-01-01T00:02:40+00:00 (deploy r42)'
+    >>> _ = open(p, "w").write('{"until": "soon"')
+    >>> read_hold(p, 100)["note"]
+    'ignored a garbled hold file: not JSON {"until": <unix seconds>, "reason": "<text>"}'
+    """
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {"held": False}
+    except (OSError, ValueError):
+        data = None
+    until = data.get("until") if isinstance(data, dict) else None
+    if isinstance(until, bool) or not isinstance(until, (int, float)):
+        why = 'not JSON {"until": <unix seconds>, "reason": "<text>"}'
+        return {"held": False, "note": f"ignored a garbled hold file: {why}"}
+    reason = str(cast("dict[str, Any]", data).get("reason") or "")
+    when = datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds")
+    if until <= now:
+        return {"held": False, "note": f"hold ended at {when} ({reason})"}
+    if until - now > MAX_HOLD_SECONDS:
+        note = f"ignored a hold until {when}: more than {MAX_HOLD_SECONDS // 3600} h ahead"
+        return {"held": False, "note": note}
+    return {"held": True, "until": float(until), "reason": reason}
+
+
+def builtin_samples(results: Sequence[Result]) -> dict[str, float]:
+    """The built-in metrics (METRICS) measured by this run's results; a check that did not run
+    or gave no verdict (too few requests) gives no sample.
+
+    >>> builtin_samples([result("disk", "ok", "", percent=40.0), result("disk", "ok", "",
+    ...     percent=81.5), result("http", "critical", "", up=0), result("database", "ok", "")])
+    {'disk': 81.5, 'http_down': 1.0, 'database_down': 0.0}
+    """
+    out: dict[str, float] = {}
+    for r in results:
+        name = r[Key.NAME]
+        if name == DISK and "percent" in r:
+            out["disk"] = max(out.get("disk", 0.0), float(r["percent"]))
+        elif name in (MEMORY, CPU, ERROR_RATE) and "percent" in r:
+            out[name] = float(r["percent"])
+        elif name == P95 and "ms" in r:
+            out["p95"] = float(r["ms"])
+        elif name == HTTP:
+            out["http_down"] = 0.0 if r.get("up") else 1.0
+            if "ms" in r:
+                out["http_ms"] = float(r["ms"])
+        elif name == DATABASE:
+            out["database_down"] = 1.0 if r[Key.LEVEL] == "critical" else 0.0
+        elif name == PM2 and "restarts" in r:
+            out["pm2_restarts"] = max(out.get("pm2_restarts", 0.0), float(r["restarts"]))
+    return out
+
+
+def json_field(data: Any, path: str) -> float:
+    """The number at the dotted `path` of `data` (list items by index).
+
+    >>> json_field({"payments": {"failed": [3, 7]}}, "payments.failed.1")
+    7.0
+    """
+    for part in path.split(".") if path else []:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    if isinstance(data, bool) or not isinstance(data, (int, float, str)):
+        raise ValueError(f"{path}: not a number: {data!r}")
+    return float(data)
+
+
+def measure(c: MetricConfig, timeout: float) -> float:
+    """One custom metric's number now; raises (OSError, ValueError, ...) when there is none."""
+    kind = c["kind"]
+    if kind == "http_json":
+        with urllib.request.urlopen(c["url"], timeout=timeout) as resp:
+            return json_field(json.loads(resp.read(2**20)), c.get("field", ""))
+    if kind == "sql":
+        argv = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t"]
+        argv += ["-v", "ON_ERROR_STOP=1", "-d", c.get("database") or "postgres"]
+        argv += ["-c", c["query"]]
+    else:
+        argv = ["sh", "-c", c["command"]]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5)
+    if p.returncode != 0:
+        raise ValueError(f"exit {p.returncode}: {p.stderr.strip()[:200]}")
+    return float(p.stdout.strip().splitlines()[0] if p.stdout.strip() else "x")
+
+
+def custom_samples(
+    metrics: Mapping[str, MetricConfig], timeout: float
+) -> tuple[dict[str, float], dict[str, str]]:
+    """(value by metric, why not by metric) of the custom metrics."""
+    values, errors = {}, {}
+    for name, c in metrics.items():
+        try:
+            values[name] = measure(c, timeout)
+        except Exception as exc:  # no sample: the rules on it wait
+            errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+    return values, errors
+
+
+class Notification(TypedDict):
+    rule: str
+    target: str
+    kind: str  # trigger | reminder | resolve
+    severity: str
+    value: float | None
+    since: float | None
+
+
+def evaluate(
+    rules: Sequence[RuleConfig],
+    samples: Mapping[str, float],
+    state: dict[str, Any],
+    now: float,
+    *,
+    held: bool = False,
+    remind: float = 3600.0,
+) -> list[Notification]:
+    """Update `state` (state.json's RULES_KEY) with this run's `samples` and return what to send
+    (pure: no clock, no I/O). A rule fires once its condition has held for `for_seconds`
+    (continuously, since the first sample that met it); each target is told `trigger` once,
+    `reminder` every `remind` seconds while it fires (not PagerDuty: it keeps an incident open
+    by itself), `resolve` once the condition clears. A metric without a sample leaves its rule
+    as it was. While `held`, the rules are measured but nothing is sent; what is sent later is
+    against what each target was last *told* (mark_sent()).
+
+    >>> rule: RuleConfig = {"name": "r", "metric": "m", "op": ">", "value": 5, "for_seconds": 120,
+    ...     "severity": "critical", "notify": ["ops"]}
+    >>> st: dict[str, Any] = {}
+    >>> [evaluate([rule], {"m": 9}, st, t) for t in (0, 60)], evaluate([rule], {"m": 1}, st, 90)
+    ([[], []], [])
+    >>> [n["kind"] for t in (100, 160, 220) for n in evaluate([rule], {"m": 9}, st, t)]
+    ['trigger']
+    """
+    rule_states = state.setdefault(RULES_KEY, {})
+    for name in set(rule_states) - {r["name"] for r in rules}:
+        del rule_states[name]  # a rule that is gone sends nothing more
+    out: list[Notification] = []
+    for rule in rules:
+        rs = rule_states.setdefault(rule["name"], {"since": None, "sent": {}})
+        value = samples.get(rule["metric"])
+        if value is None:
+            continue
+        rs["value"] = value
+        if OPERATORS[rule["op"]](value, rule["value"]):
+            rs["since"] = rs.get("since") if rs.get("since") is not None else now
+        else:
+            rs["since"] = None
+        firing = rs["since"] is not None and now - rs["since"] >= rule["for_seconds"]
+        rs["firing"] = firing
+        if held:
+            continue
+        for target in rule["notify"]:
+            told = rs["sent"].get(target, {})
+            kind = None
+            if firing and told.get("state") != "firing":
+                kind = "trigger"
+            elif firing and now - float(told.get("at", now)) >= remind:
+                kind = "reminder" if told.get("kind") != "pagerduty" else None
+            elif not firing and told.get("state") == "firing":
+                kind = "resolve"
+            if kind:
+                out.append(
+                    {
+                        "rule": rule["name"],
+                        "target": target,
+                        "kind": kind,
+                        "severity": rule["severity"],
+                        "value": value,
+                        "since": rs["since"],
+                    }
+                )
+    return out
+
+
+def mark_sent(state: dict[str, Any], n: Notification, now: float, target_kind: str) -> None:
+    """Record that `n` reached its target (after a successful send)."""
+    sent = state[RULES_KEY][n["rule"]]["sent"]
+    if n["kind"] == "resolve":
+        sent.pop(n["target"], None)
+    else:
+        sent[n["target"]] = {"state": "firing", "at": now, "kind": target_kind}
+
+
+def dedup_key(host: str, rule: str) -> str:
+    """PagerDuty's dedup_key of a rule on a host: trigger and resolve name the same incident.
+
+    >>> dedup_key("web1", "API down")
+    'opskit/web1/API down'
+    """
+    return f"opskit/{host}/{rule}"
+
+
+def rule_text(config: Config, rule: RuleConfig, n: Notification, now: float) -> str:
+    """One line: what fired (or cleared) where, with the value and the condition."""
+    host = config["host"]
+    cond = f"{rule['metric']} {rule['op']} {rule['value']:g}"
+    value = "no value" if n["value"] is None else f"{n['value']:g}"
+    if n["kind"] == "resolve":
+        return f"RESOLVED {host}: {rule['name']} ({cond} no longer holds; now {value})"
+    lasted = f" for {int(now - n['since']) // 60} min" if n["since"] is not None else ""
+    label = " (still firing)" if n["kind"] == "reminder" else ""
+    sev = rule["severity"].upper()
+    return f"{sev} {host}{label}: {rule['name']} ({cond}{lasted}; now {value})"
+
+
+def _post_json(url: str, body: Mapping[str, Any], timeout: float) -> tuple[int, str]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    for attempt in range(3):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read(2000).decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            text = exc.read(300).decode("utf-8", "replace").strip()
+            if exc.code == 429 and attempt < 2:
+                time.sleep(min(10.0, float(exc.headers.get("Retry-After") or 1)))
+                continue
+            return exc.code, text
+    return 429, "kept answering 429"
+
+
+def send_notification(
+    config: Config,
+    rule: RuleConfig,
+    n: Notification,
+    target: TargetConfig,
+    secret: Mapping[str, Any],
+    now: float,
+) -> str | None:
+    """Send `n` to its target; None on success, else why not (never a URL, key or password)."""
+    timeout = float(config.get("timeout", 10))
+    text = rule_text(config, rule, n, now)
+    kind = target["kind"]
+    try:
+        if kind == "slack":
+            level = "ok" if n["kind"] == "resolve" else "critical"
+            if rule["severity"] in ("warning", "info") and n["kind"] != "resolve":
+                level = "warning"
+            payload = {
+                "text": f"{ICON[level]} {text}",
+                "attachments": [
+                    {
+                        "color": COLOR[level],
+                        "fallback": text,
+                        "text": rule.get("description", ""),
+                        "footer": "opskit healthcheck rule",
+                    }
+                ],
+            }
+            status, body = _post_json(str(secret["url"]), escape_payload(payload), timeout)
+            return None if status == 200 else f"Slack answered HTTP {status} {body[:200]}"
+        if kind == "pagerduty":
+            event: dict[str, Any] = {
+                "routing_key": str(secret["routing_key"]),
+                "event_action": "resolve" if n["kind"] == "resolve" else "trigger",
+                "dedup_key": dedup_key(config["host"], rule["name"]),
+            }
+            if n["kind"] != "resolve":
+                event["payload"] = {
+                    "summary": text[:1024],
+                    "source": config["host"],
+                    "severity": PAGERDUTY_SEVERITY.get(rule["severity"], "info"),
+                    "component": rule["metric"],
+                    "custom_details": {"value": n["value"], "rule": rule["name"]},
+                }
+            status, body = _post_json(target.get("url") or PAGERDUTY_URL, event, timeout)
+            return None if status == 202 else f"PagerDuty answered HTTP {status} {body[:200]}"
+        msg = EmailMessage()
+        msg["Subject"] = text[:200]
+        msg["From"] = target["sender"]
+        msg["To"] = ", ".join(target["to"])
+        msg.set_content(f"{text}\n\n{rule.get('description', '')}\n-- opskit healthcheck\n")
+        with smtplib.SMTP(target["smtp_host"], target["smtp_port"], timeout=timeout) as smtp:
+            if target.get("starttls"):
+                smtp.starttls(context=ssl.create_default_context())
+            if target.get("username"):
+                smtp.login(target["username"], str(secret.get("password", "")))
+            smtp.send_message(msg)
+        return None
+    except (OSError, smtplib.SMTPException, KeyError, ValueError) as exc:
+        return f"{kind} failed: {type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+
+
+def read_targets_file(path: str) -> dict[str, Any]:
+    """The targets' secrets (root 0600): {target: {url | routing_key | password}}."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_rules(
+    config: Config, state: dict[str, Any], results: Sequence[Result], now: float, *, send: bool
+) -> dict[str, Any]:
+    """Measure the custom metrics, evaluate the rules, send (`send`); the status section."""
+    rules = config.get("rules", [])
+    if not rules:
+        return {}
+    timeout = float(config.get("timeout", 10))
+    samples = builtin_samples(results)
+    custom, errors = custom_samples(config.get("metrics", {}), timeout)
+    samples.update(custom)
+    remind = 60 * float(config["remind_minutes"])
+    todo = evaluate(rules, samples, state, now, held=not send, remind=remind)
+    targets = config.get("targets", {})
+    secrets = read_targets_file(config.get("targets_file", "")) if todo else {}
+    by_name = {r["name"]: r for r in rules}
+    sent, failed = [], []
+    for n in todo:
+        target = targets[n["target"]]
+        error = send_notification(
+            config, by_name[n["rule"]], n, target, secrets.get(n["target"], {}), now
+        )
+        line = f"{n['kind']} {n['rule']} -> {n['target']}"
+        if error is None:
+            mark_sent(state, n, now, target["kind"])
+            sent.append(line)
+        else:
+            failed.append(f"{line}: {error}")
+            print(f"opskit-healthcheck: {line}: {error}", file=sys.stderr)
+    firing = sorted(n for n, rs in state.get(RULES_KEY, {}).items() if rs.get("firing"))
+    return {
+        "firing": firing,
+        "samples": samples,
+        "metric_errors": errors,
+        "sent": sent,
+        "failed": failed,
+    }
+
+
 # --- a run: lock, state, checks, alert, status file -----------------------------------------
 
 
@@ -701,9 +1134,11 @@ def check_and_alert(config: Config, state: dict[str, Any], *, alert: bool) -> di
     problems = problems_of(results)
     if problems and not state.get(StateKey.SINCE):
         state[StateKey.SINCE] = started
+    hold = read_hold(os.path.join(config["state_dir"], HOLD_NAME), started)
     outcome: dict[str, str | None] = {Key.SENT: None, Key.ERROR: None}
     kind = decide(state, problems, level, started, 60 * float(config["remind_minutes"]))
-    if kind and alert:
+    rules = run_rules(config, state, results, started, send=alert and not hold["held"])
+    if kind and alert and not hold["held"]:
         recovered = sorted(set(state.get(StateKey.NOTIFIED, {})) - set(problems))
         since = state.get(StateKey.SINCE)
         payload = message(config, kind, level, problems, results, since, recovered)
@@ -723,6 +1158,8 @@ def check_and_alert(config: Config, state: dict[str, Any], *, alert: bool) -> di
         Key.SECONDS: round(time.time() - started, 2),
         Key.RESULTS: results,
         Key.ALERT: outcome,
+        Key.HOLD: hold,
+        Key.RULES: rules,
     }
 
 
@@ -762,6 +1199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{r[Key.LEVEL].upper():<8} {r[Key.NAME]:<10} {r[Key.SUMMARY]}")
         if status[Key.ALERT][Key.SENT]:
             print(f"slack: sent {status[Key.ALERT][Key.SENT]}")
+        if status[Key.HOLD]["held"]:
+            print(f"held until {status[Key.HOLD]['until']:.0f}: {status[Key.HOLD]['reason']}")
+        for line in status[Key.RULES].get("sent", []):
+            print(f"rule: sent {line}")
     return EXIT_CODES[status[Key.LEVEL]]
 
 

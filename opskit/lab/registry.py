@@ -224,6 +224,27 @@ SYSLOG_WRONGCERT = LabService(
 )
 
 
+def _alerting_argv(name: str) -> Callable[[LabSpec], list[str]]:
+    """PagerDuty's Events API v2 and the SMTP server (opskit.lab.standins.<name>)."""
+
+    def argv(spec: LabSpec) -> list[str]:
+        service = find_service(name)
+        args = [sys.executable, "-m", f"opskit.lab.standins.{name}"]
+        args += ["--listen", service.address(spec), "--port", str(service.port)]
+        args += ["--dir", str(inbox_dir(spec, name))]
+        if name == "pagerduty":
+            args += ["--secrets", str(lab_secrets_path(spec))]
+        return args
+
+    return argv
+
+
+# PagerDuty's Events API v2: http://<gateway>:8031/v2/enqueue (routing key PAGERDUTY_ROUTING_KEY)
+PAGERDUTY = LabService("pagerduty", 8031, _alerting_argv("pagerduty"), prepare=_prepare_secrets)
+# An SMTP server (aiosmtpd) for the health check's alert e-mail: <gateway>:2525, no TLS, no auth.
+SMTP = LabService("smtp", 2525, _alerting_argv("smtp"))
+
+
 def _s3_argv(spec: LabSpec) -> list[str]:
     service = find_service("s3")
     return [
@@ -291,6 +312,8 @@ SERVICES: tuple[LabService, ...] = (
     SENTRY,
     SYSLOG,
     SYSLOG_WRONGCERT,
+    PAGERDUTY,
+    SMTP,
     S3,
     PEBBLE,
 )
@@ -313,6 +336,15 @@ def _lab_secret_builders() -> dict[str, Callable[[LabSpec, str], str]]:
         "SLACK_WEBHOOK_URL": lambda spec, t: (
             f"{service_url(spec, 'slack')}/services/T0LAB0000/B0LAB0000/{t[:24]}"
         ),
+        # The health check's alert rules (the inventory's `alerts`): two more Slack channels
+        # and PagerDuty's Events API v2 (a 32-character integration key).
+        "SLACK_ENGINEERING_WEBHOOK_URL": lambda spec, t: (
+            f"{service_url(spec, 'slack')}/services/T0LAB0000/B0ENGALERT/{t[:24]}"
+        ),
+        "SLACK_DEVOPS_WEBHOOK_URL": lambda spec, t: (
+            f"{service_url(spec, 'slack')}/services/T0LAB0000/B0DEVOPS/{t[:24]}"
+        ),
+        "PAGERDUTY_ROUTING_KEY": lambda spec, t: t[:32],
         "UPTIMEROBOT_API_KEY": lambda spec, t: f"u0000000-{t}",
         "SENTRY_AUTH_TOKEN": lambda spec, t: f"sntryu_{t}",
         "SENTRY_DSN": lambda spec, t: f"http://{t[:32]}@{gateway_ip(spec)}:{SENTRY_PORT}/1",
@@ -367,7 +399,8 @@ def describe_item(name: str, item: Mapping[str, Any]) -> str:
     if name == "slack":
         payload = item.get("payload", {})
         text = payload.get("text") or json.dumps(payload)[:200]
-        return f"{when} from {item.get('from')}: {text}"
+        channel = str(item.get("webhook", "")).rsplit("/", 1)[-1]
+        return f"{when} [{channel}] from {item.get('from')}: {text}"
     if name == "heartbeat":
         return f"{when} {item.get('method')} /{item.get('token')} from {item.get('from')}"
     if name == "uptimerobot":
@@ -392,10 +425,41 @@ def describe_item(name: str, item: Mapping[str, Any]) -> str:
         if kind == "deploy":
             return f"{when} deploy of release {item.get('version')} to {item.get('environment')}"
         return f"{when} {kind} {item.get('version')}"
+    if name == "pagerduty":
+        source = f" {item.get('severity')} from {item.get('source')}" if item.get("source") else ""
+        dropped = " (dropped: no open alert)" if item.get("dropped") else ""
+        return (
+            f"{when} {item.get('event_action')} {item.get('dedup_key')}{source}: "
+            f"{item.get('summary') or ''}{dropped}"
+        )
+    if name == "smtp":
+        to = ", ".join(item.get("rcpt_tos") or [])
+        return f"{when} mail from {item.get('from')} to {to}: {item.get('subject')}"
     if name.startswith("syslog"):
         where = f"(from {item.get('from')})"
         return f"{when} {item.get('host')} {item.get('app')}: {item.get('msg')} {where}"
     return f"{when} {json.dumps(item, sort_keys=True)[:300]}"
+
+
+def inbox_counts(name: str, items: list[dict[str, Any]]) -> dict[str, int]:
+    """What a stand-in received, counted by where it went: Slack by webhook (its B… part),
+    PagerDuty by event action, SMTP by recipient; {} for the others.
+
+    >>> inbox_counts("slack", [{"webhook": "/services/T1/B0DEVOPS"}, {"webhook": "/services/T1/B2"},
+    ...                        {"webhook": "/services/T1/B0DEVOPS"}])
+    {'B0DEVOPS': 2, 'B2': 1}
+    >>> inbox_counts("pagerduty", [{"event_action": "trigger"}, {"event_action": "resolve"}])
+    {'resolve': 1, 'trigger': 1}
+    """
+    keys: list[str] = []
+    for item in items:
+        if name == "slack":
+            keys.append(str(item.get("webhook", "")).rsplit("/", 1)[-1])
+        elif name == "pagerduty":
+            keys.append(str(item.get("event_action")))
+        elif name == "smtp":
+            keys += [str(t) for t in item.get("rcpt_tos") or []]
+    return {k: keys.count(k) for k in sorted(set(keys))}
 
 
 def service_url(spec: LabSpec, name: str) -> str:

@@ -7,6 +7,7 @@ import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from opskit.core.errors import ConfigError
@@ -58,7 +59,36 @@ def format_status(host: str, status: Mapping[str, Any]) -> str:
         lines.append(f"[{host}]   slack: sent {alert[Key.SENT]}")
     if alert.get(Key.ERROR):
         lines.append(f"[{host}]   slack: NOT sent: {alert[Key.ERROR]}")
+    lines += [f"[{host}]   {line}" for line in rules_lines(status)]
     return "\n".join(lines) + "\n"
+
+
+def rules_lines(status: Mapping[str, Any]) -> list[str]:
+    """The alert hold and the alert rules of a status: held or not, firing, sent, failed.
+
+    >>> for line in rules_lines({"hold": {"held": True, "until": 0, "reason": "deploy r7"},
+    ...     "rules": {"firing": ["API down"], "sent": [], "metric_errors": {"q": "exit 1"}}}):
+    ...     print(line)
+    alerts held until 1970-01-01T00:00:00+00:00: deploy r7
+    rules firing: API down
+    metric q: no value (exit 1)
+    """
+    hold = status.get(Key.HOLD) or {}
+    out = []
+    if hold.get("held"):
+        until = datetime.fromtimestamp(float(hold.get("until", 0)), UTC).isoformat()
+        out.append(f"alerts held until {until}: {hold.get('reason', '')}")
+    elif hold.get("note"):
+        out.append(f"hold: {hold['note']}")
+    rules = status.get(Key.RULES) or {}
+    if rules.get("firing"):
+        out.append("rules firing: " + ", ".join(rules["firing"]))
+    out += [f"rule: sent {line}" for line in rules.get("sent", [])]
+    out += [f"rule: NOT sent {line}" for line in rules.get("failed", [])]
+    out += [
+        f"metric {m}: no value ({why})" for m, why in (rules.get("metric_errors") or {}).items()
+    ]
+    return out
 
 
 @dataclass(frozen=True)

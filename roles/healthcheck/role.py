@@ -27,8 +27,17 @@ from opskit.hostside.healthcheck import (
     Config,
     PercentConfig,
 )
-from opskit.monitoring.spec import CRON_NAME, LOG_TAG, ROLE, SCRIPT, WEBHOOK_FILE
-from opskit.resources import CronEntry, Directory, File, HostProgram, Resource
+from opskit.monitoring.spec import (
+    CRON_NAME,
+    LOG_TAG,
+    ROLE,
+    SCRIPT,
+    TARGETS_FILE,
+    WEBHOOK_FILE,
+    Alerts,
+    compile_alerts,
+)
+from opskit.resources import Absent, CronEntry, Directory, File, HostProgram, Resource
 
 
 def _number(v: Mapping[str, Any], key: str) -> float:
@@ -133,7 +142,7 @@ def build_config(v: Mapping[str, Any]) -> Config:
             access["p95_critical_ms"] = _number(v, "healthcheck_p95_critical_ms")
         checks[ACCESS_LOG] = access
     hints = v["healthcheck_hints"]
-    return {
+    config: Config = {
         "_comment": managed_by(ROLE),
         "host": str(v["healthcheck_host_label"] or ""),
         "remind_minutes": remind,
@@ -152,6 +161,49 @@ def build_config(v: Mapping[str, Any]) -> Config:
             "disk_path": (v["healthcheck_disk_paths"] or ["/"])[0],
         },
     }
+    alerts = host_alerts(v, checks)
+    if alerts.rules:
+        config["metrics"] = alerts.metrics
+        config["rules"] = alerts.rules
+        config["targets"] = {
+            t: alerts.targets[t] for t in sorted({t for r in alerts.rules for t in r["notify"]})
+        }
+        config["targets_file"] = TARGETS_FILE
+    return config
+
+
+# Which check measures each built-in metric of the alert rules.
+_METRIC_CHECK = {
+    "error_rate": ACCESS_LOG,
+    "p95": ACCESS_LOG,
+    "http_down": HTTP,
+    "http_ms": HTTP,
+    "database_down": DATABASE,
+    "disk": DISK,
+    "memory": MEMORY,
+    "cpu": CPU,
+    "pm2_restarts": PM2,
+}
+
+
+def host_alerts(v: Mapping[str, Any], checks: ChecksConfig) -> Alerts:
+    """The inventory's `alerts` rules this host can measure: a built-in metric where its check
+    runs (error_rate and p95: where that part of the access-log check is on), an SQL metric on
+    the database host (the postgresql role), the other custom metrics everywhere."""
+    access = checks.get("access_log", {})
+
+    def measurable(metric: str, kind: str) -> bool:
+        if kind == "sql":
+            return "postgresql_version" in v
+        if kind != "builtin":
+            return True
+        if metric == "error_rate":
+            return "error_rate_warning" in access
+        if metric == "p95":
+            return "p95_warning_ms" in access
+        return _METRIC_CHECK[metric] in checks
+
+    return compile_alerts(v.get("healthcheck_alerts"), measurable)
 
 
 def webhook(v: Mapping[str, Any]) -> Secret:
@@ -163,12 +215,22 @@ def webhook(v: Mapping[str, Any]) -> Secret:
 def resources(v: Mapping[str, Any]) -> list[Resource]:
     """The desired state of roles/healthcheck/README.md for one host's variables."""
     url = webhook(v)
-    config = json.dumps(build_config(v), indent=1, sort_keys=True) + "\n"
+    built = build_config(v)
+    config = json.dumps(built, indent=1, sort_keys=True) + "\n"
+    targets: list[Resource] = []
+    if built.get("rules"):
+        secrets = host_alerts(v, built["checks"]).secrets
+        used = {t: {k: str(s) for k, s in secrets[t].items()} for t in built.get("targets", {})}
+        text = json.dumps(used, indent=1, sort_keys=True) + "\n"
+        targets.append(File(TARGETS_FILE, text, mode=0o600, sensitive=True))
+    else:
+        targets.append(Absent(TARGETS_FILE))  # no rules (any more): no secrets left behind
     return [
         Directory("/etc/opskit", 0o755),
         Directory("/var/lib/opskit", 0o755),
         Directory(STATE_DIR, 0o755),
         File(WEBHOOK_FILE, f"{url}\n", mode=0o600, sensitive=True),
+        *targets,
         File(CONFIG_PATH, config, mode=0o644),
         HostProgram(
             SCRIPT,

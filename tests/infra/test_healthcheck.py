@@ -59,3 +59,25 @@ def test_check_runs_with_crons_environment(host):
     status = json.loads(out.stdout)
     lost = [r for r in status["results"] if "No such file" in json.dumps(r)]
     assert not lost, lost
+
+
+def test_alert_rules_keep_their_secrets_root_only(host, hostvars):
+    """With the inventory's `alerts`: the rules this host runs are in the config, the targets'
+    URLs, keys and passwords only in the root-only targets file."""
+    config = json.loads(host.file("/etc/opskit/healthcheck.json").content_string)
+    targets = host.file("/etc/opskit/healthcheck-targets.json")
+    if not config.get("rules"):
+        assert not targets.exists  # no rules: no secrets left behind
+        return
+    assert config["targets_file"] == "/etc/opskit/healthcheck-targets.json"
+    assert targets.user == "root" and targets.group == "root" and targets.mode == 0o600
+    secrets = json.loads(targets.content_string)
+    assert set(secrets) == set(config["targets"])
+    for name, values in secrets.items():
+        for value in values.values():
+            assert value not in json.dumps(config), f"the secret of {name} is in the config"
+    out = host.run("/usr/local/bin/opskit-healthcheck --no-alert --json")
+    status = json.loads(out.stdout)
+    assert set(status["rules"]["samples"]) | set(status["rules"]["metric_errors"]) >= {
+        r["metric"] for r in config["rules"] if r["metric"] in config.get("metrics", {})
+    }

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -122,7 +123,15 @@ def provision(inventory, hosts=None):
 
 
 def slack_from(spec, address):
-    return [i for i in labsvc.read_inbox(spec, "slack") if i.get("from") == address]
+    """What `address` sent to the health check's own webhook (SLACK_WEBHOOK_URL); the alert
+    rules' channels (the inventory's `alerts`) have webhooks of their own."""
+    url = labsvc.ensure_lab_secrets(spec)["SLACK_WEBHOOK_URL"]
+    hook = urlsplit(url).path.rsplit("/", 1)[0]
+    return [
+        i
+        for i in labsvc.read_inbox(spec, "slack")
+        if i.get("from") == address and i.get("webhook") == hook
+    ]
 
 
 def check(path, host):

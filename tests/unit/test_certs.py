@@ -547,6 +547,9 @@ def test_the_lab_inventorys_web_hosts_have_every_resource_once(tmp_path):
         "POSTGRES_APP_PASSWORD": "abc",
         "BACKUP_S3_ACCESS_KEY_ID": "LABABC",
         "BACKUP_S3_SECRET_ACCESS_KEY": "abc",
+        "SLACK_ENGINEERING_WEBHOOK_URL": "http://10.213.0.1:8025/services/T0/B1/abc",
+        "SLACK_DEVOPS_WEBHOOK_URL": "http://10.213.0.1:8025/services/T0/B2/abc",
+        "PAGERDUTY_ROUTING_KEY": "0123456789abcdef0123456789abcdef",
     }
     inventory = load_inventory(path, environ=env)
     for host in inventory.select(["web"]):

@@ -204,6 +204,8 @@ def test_the_installed_text_runs_alone_with_crons_path(tmp_path):
         hc.Key.SECONDS,
         hc.Key.RESULTS,
         hc.Key.ALERT,
+        hc.Key.HOLD,
+        hc.Key.RULES,
     }
     assert json.loads((tmp_path / "state" / hc.STATUS_NAME).read_text()) == status
     assert oct((tmp_path / "state" / hc.STATE_NAME).stat().st_mode & 0o777) == "0o600"
