@@ -6,7 +6,7 @@ Exit codes: 0 ok, 1 a host failed or was unreachable, 2 bad input (nothing touch
 
 from invoke import Collection
 
-from cli.app import deploy, releases, rollback
+from cli.app import deploy, killswitch, releases, rollback, toggle
 from cli.audit import audit
 from cli.backup import (
     backup_bucket,
@@ -25,6 +25,9 @@ from cli.monitoring import monitoring_check, monitoring_status, monitoring_sync
 from cli.report import report_daily, report_weekly
 from cli.status import status
 
+app_ns = Collection("app")
+app_ns.add_task(toggle)
+app_ns.add_task(killswitch)
 hosts_ns = Collection("hosts")
 hosts_ns.add_task(trust)
 lab_ns = Collection("lab")
@@ -61,6 +64,7 @@ ns.add_task(rollback)
 ns.add_task(releases)
 ns.add_task(status)
 ns.add_task(audit)
+ns.add_collection(app_ns)
 ns.add_collection(hosts_ns)
 ns.add_collection(lab_ns)
 ns.add_collection(backup_ns)

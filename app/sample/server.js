@@ -14,6 +14,7 @@ const fs = require("fs");
 const http = require("http");
 const path = require("path");
 const ms = require("ms"); // the app's one npm dependency: proves the release installed them
+const admin = require("./admin"); // toggles and killswitch (admin.js)
 
 const HOST = process.env.HOST || "127.0.0.1";
 const PORT = Number(process.env.PORT || 3000);
@@ -40,6 +41,7 @@ function send(res, code, body) {
 
 const server = http.createServer((req, res) => {
   const url = req.url.split("?")[0];
+  if (admin.handle(req, res, url, send)) return;
   if (url === "/health") {
     if (BROKEN) return send(res, 503, { status: "unhealthy", reason: readText("BROKEN", "") });
     return send(res, 200, { status: "healthy" });
