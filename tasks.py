@@ -20,6 +20,7 @@ from cli.certs import certs_renew, certs_status
 from cli.core import provision, run, trust, verify
 from cli.demo import lab_demo
 from cli.dev import lint, lock, test
+from cli.incident import incident_open, incident_resolve, incident_update
 from cli.lab import lab_down, lab_inbox, lab_status, lab_up
 from cli.monitoring import monitoring_check, monitoring_status, monitoring_sync
 from cli.report import report_daily, report_weekly
@@ -50,6 +51,10 @@ monitoring_ns.add_task(monitoring_status, name="status")
 report_ns = Collection("report")
 report_ns.add_task(report_daily, name="daily")
 report_ns.add_task(report_weekly, name="weekly")
+incident_ns = Collection("incident")
+incident_ns.add_task(incident_open, name="open")
+incident_ns.add_task(incident_update, name="update")
+incident_ns.add_task(incident_resolve, name="resolve")
 certs_ns = Collection("certs")
 certs_ns.add_task(certs_status, name="status")
 certs_ns.add_task(certs_renew, name="renew")
@@ -71,4 +76,5 @@ ns.add_collection(backup_ns)
 ns.add_collection(monitoring_ns)
 ns.add_collection(certs_ns)
 ns.add_collection(report_ns)
+ns.add_collection(incident_ns)
 ns.add_collection(dev_ns)
