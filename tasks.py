@@ -23,7 +23,7 @@ from cli.dev import lint, lock, test
 from cli.incident import incident_open, incident_resolve, incident_update
 from cli.lab import lab_down, lab_inbox, lab_status, lab_up
 from cli.monitoring import monitoring_check, monitoring_status, monitoring_sync
-from cli.report import report_daily, report_weekly
+from cli.report import report_daily, report_monthly, report_weekly
 from cli.status import status
 
 app_ns = Collection("app")
@@ -51,6 +51,7 @@ monitoring_ns.add_task(monitoring_status, name="status")
 report_ns = Collection("report")
 report_ns.add_task(report_daily, name="daily")
 report_ns.add_task(report_weekly, name="weekly")
+report_ns.add_task(report_monthly, name="monthly")
 incident_ns = Collection("incident")
 incident_ns.add_task(incident_open, name="open")
 incident_ns.add_task(incident_update, name="update")
