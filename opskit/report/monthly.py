@@ -40,8 +40,9 @@ SEQ_RATIO = 10  # sequential scans at least this many times the index scans ...
 SEQ_MIN_ROWS = 1000  # ... that read at least this many rows in all
 TOP = 15
 
+# One line of JSON (json_agg puts line breaks between elements; JSON strings escape their own).
 REVIEW_SQL = f"""
-SELECT json_build_object(
+SELECT replace(json_build_object(
  'database', current_database(),
  'database_bytes', pg_database_size(current_database()),
  'slow_queries', (SELECT coalesce(json_agg(q), '[]'::json) FROM (
@@ -65,7 +66,7 @@ SELECT json_build_object(
            pg_relation_size(indexrelid) AS bytes
       FROM pg_stat_user_indexes ORDER BY pg_relation_size(indexrelid) DESC LIMIT 50) i),
  'stats_since', (SELECT stats_reset FROM pg_stat_statements_info)
-)
+)::text, E'\\n', ' ')
 """
 
 
