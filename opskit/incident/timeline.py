@@ -144,5 +144,10 @@ def gather(
             data.unreadable.append(r.host)
             data.errors[f"host:{r.host}"] = r.error
     own.finish(hosts, details=50)
-    errors = {k: redact(v, [s for h in hosts for s in h.secrets]) for k, v in data.errors.items()}
-    return events_from(data.to_dict()), errors
+    secrets = [s for h in hosts for s in h.secrets]
+    errors = {k: redact(v, secrets) for k, v in data.errors.items()}
+    events = [
+        Event(e.time, e.host, e.source, redact(e.text, secrets))
+        for e in events_from(data.to_dict())
+    ]
+    return events, errors
