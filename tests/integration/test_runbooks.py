@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from opskit.lab import registry as labsvc
 from opskit.lab.spec import LabSpec
 from tests.integration import test_report as daily
 from tests.integration.conftest import inv
+
+RUN = uuid.uuid4().hex[:6]  # the incident records outlive the lab: this run's has its own title
+TITLE = f"Checkout answers 503 {RUN}"
 
 
 def run_inv(inventory: Inventory, *args: str) -> Any:
@@ -109,19 +113,23 @@ def test_02_an_incident_opened_updated_resolved(rinv: Inventory, lab_spec: LabSp
     assert opened.returncode in (0, 1), opened.stdout + opened.stderr
     (path,) = set(directory.glob("*.md")) - before
     text = path.read_text()
-    assert path.name.endswith("-checkout-answers-503.md")
+    assert path.name.endswith(f"-checkout-answers-503-{RUN}.md")
     assert "deploy: deploy ok" in text and "killswitch on by" in text  # the deploy journals
     assert "healthcheck" in text or "backup" in text or "certificate" in text
-    assert any("*INCIDENT [HIGH]: Checkout answers 503*" in t for t in slack_texts(lab_spec))
-    upd = run_inv(rinv, "incident.update", "--message", "killswitch on, rollback prepared")
+    assert any(f"*INCIDENT [HIGH]: {TITLE}*" in t for t in slack_texts(lab_spec))
+    upd = run_inv(
+        rinv, "incident.update", "--incident", RUN, "--message", "killswitch on, rollback prepared"
+    )
     assert upd.returncode == 0 and "killswitch on, rollback prepared" in path.read_text()
-    refused = run_inv(rinv, "incident.resolve", "--root-cause", "bad release")
+    refused = run_inv(rinv, "incident.resolve", "--incident", RUN, "--root-cause", "bad release")
     assert refused.returncode == 2
     assert "missing --resolution, --prevention" in refused.stderr
     assert "**open**" in path.read_text()  # nothing changed
     done = run_inv(
         rinv,
         "incident.resolve",
+        "--incident",
+        RUN,
         "--root-cause",
         "release r2 broke checkout",
         "--resolution",
@@ -132,7 +140,7 @@ def test_02_an_incident_opened_updated_resolved(rinv: Inventory, lab_spec: LabSp
     assert done.returncode == 0, done.stdout + done.stderr
     text = path.read_text()
     assert "**resolved**" in text and "release r2 broke checkout" in text
-    assert any("*RESOLVED [HIGH]: Checkout answers 503*" in t for t in slack_texts(lab_spec))
+    assert any(f"*RESOLVED [HIGH]: {TITLE}*" in t for t in slack_texts(lab_spec))
 
 
 def test_03_monthly_review_with_real_queries(
