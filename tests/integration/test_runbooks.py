@@ -109,7 +109,7 @@ def test_01_killswitch_and_toggle_on_every_app_host(rinv: Inventory, lab_spec: L
 def test_02_an_incident_opened_updated_resolved(rinv: Inventory, lab_spec: LabSpec) -> None:
     directory = Path(str(rinv.hosts[0].vars["incident_dir"]))
     before = set(directory.glob("*.md")) if directory.exists() else set()
-    opened = run_inv(rinv, "incident.open", "--severity", "high", "--title", "Checkout answers 503")
+    opened = run_inv(rinv, "incident.open", "--severity", "high", "--title", TITLE)
     assert opened.returncode in (0, 1), opened.stdout + opened.stderr
     (path,) = set(directory.glob("*.md")) - before
     text = path.read_text()
