@@ -1,9 +1,10 @@
 // The sample app's admin endpoints: feature toggles and a killswitch, flipped during incidents
 // (`inv app.toggle NAME on|off`, `inv app.killswitch on|off` call them over each host's SSH
-// connection on 127.0.0.1:PORT; nginx answers 404 for /admin, so they are never public).
-//   GET  /admin/state              {"killswitch": bool, "toggles": {NAME: bool}, "updated_at", "by"}
-//   POST /admin/killswitch         body {"on": bool, "by": "who"}: {"changed": bool, ...state}
-//   POST /admin/toggles/NAME       body {"on": bool, "by": "who"}: {"changed": bool, ...state}
+// connection on 127.0.0.1:PORT; nginx answers 404 under ADMIN_PATH, so they are never public).
+// ADMIN_PATH (app_admin_path) is /ops by default:
+//   GET  /ops/state              {"killswitch": bool, "toggles": {NAME: bool}, "updated_at", "by"}
+//   POST /ops/killswitch         body {"on": bool, "by": "who"}: {"changed": bool, ...state}
+//   POST /ops/toggles/NAME       body {"on": bool, "by": "who"}: {"changed": bool, ...state}
 // Every admin request needs `Authorization: Bearer <ADMIN_TOKEN>` (the app's environment; without
 // ADMIN_TOKEN the endpoints answer 404). The state is a JSON file (ADMIN_STATE_FILE, default
 // admin-state.json in the app's shared directory, beside releases/), written atomically and
@@ -17,7 +18,7 @@ const crypto = require("crypto");
 const fs = require("fs");
 const path = require("path");
 
-const PREFIX = "/admin";
+const PREFIX = (process.env.ADMIN_PATH || "/ops").replace(/\/+$/, "");
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const FILE =
   process.env.ADMIN_STATE_FILE || path.join(__dirname, "..", "..", "shared", "admin-state.json");
@@ -83,7 +84,8 @@ function admin(req, res, url, send) {
   if (!process.env.ADMIN_TOKEN) return send(res, 404, { error: "not found", path: url });
   if (!authorized(req)) return send(res, 401, { error: "a valid Bearer token is required" });
   if (url === `${PREFIX}/state` && req.method === "GET") return send(res, 200, state());
-  const m = url.match(/^\/admin\/(killswitch|toggles\/([^/]+))$/);
+  const rest = url.slice(PREFIX.length);
+  const m = rest.match(/^\/(killswitch|toggles\/([^/]+))$/);
   if (!m || req.method !== "POST") return send(res, 404, { error: "not found", path: url });
   const name = m[2] ? decodeURIComponent(m[2]) : null;
   if (name !== null && !NAME_RE.test(name)) {

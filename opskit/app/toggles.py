@@ -96,7 +96,7 @@ class AdminSettings:
                 f"{host}: app_admin_token: not set: the app's admin endpoints need a token "
                 "(e.g. `app_admin_token: {secret: APP_ADMIN_TOKEN}`) and `inv provision`"
             )
-        return cls(AppLayout.from_vars(v), str(v.get("app_admin_path") or "/admin"), str(token))
+        return cls(AppLayout.from_vars(v), str(v.get("app_admin_path") or "/ops"), str(token))
 
 
 def _curl_quote(text: str) -> str:

@@ -35,6 +35,7 @@ def _env(v: Mapping[str, Any], layout: AppLayout) -> dict[str, str]:
     if v.get("app_admin_token"):  # the admin endpoints (opskit/app/toggles.py)
         env["ADMIN_TOKEN"] = v["app_admin_token"]
         env["ADMIN_STATE_FILE"] = f"{layout.shared}/admin-state.json"
+        env["ADMIN_PATH"] = str(v["app_admin_path"])
     # Names and values are checked at load (roles/app/schema.yml); a value may be a Secret.
     for name, value in (v["app_env"] or {}).items():
         if name == "SENTRY_RELEASE":

@@ -79,7 +79,8 @@ def test_01_killswitch_and_toggle_on_every_app_host(rinv: Inventory, lab_spec: L
         code, body = http(f"http://{a}/")
         assert code == 503 and json.loads(body)["error"] == "killswitch"
         assert http(f"http://{a}/health") == (200, '{"status":"healthy"}\n')
-        assert http(f"http://{a}/admin/state")[0] == 404  # nginx never passes /admin
+        assert http(f"http://{a}/ops/state")[0] == 404  # nginx never passes app_admin_path
+        assert json.loads(http(f"http://{a}/admin")[1])["error"] == "killswitch"  # the app's
     assert any("*killswitch on* by" in t and "5xx storm" in t for t in slack_texts(lab_spec))
     sent = len(slack_texts(lab_spec))
     again = run_inv(rinv, "app.killswitch", "on")

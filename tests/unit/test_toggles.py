@@ -82,7 +82,7 @@ def _get(port: int, path: str) -> tuple[int, dict]:  # type: ignore[type-arg]
 def _flip(port: int, root: Path, flip: toggles.Flip, token: str = "t0ken") -> toggles.Answer:
     layout = AppLayout("sample", "app", port, root=str(root))
     Path(layout.state_dir).mkdir(parents=True, exist_ok=True)
-    script = toggles.flip_script(toggles.AdminSettings(layout, "/admin", token), flip)
+    script = toggles.flip_script(toggles.AdminSettings(layout, "/ops", token), flip)
     assert token not in script.split("OPSKIT_CURL_CONFIG")[0]  # never on a command line
     out = subprocess.run(["bash"], input=script, capture_output=True, text=True, check=True)
     return toggles.parse_answer(out.stdout)
