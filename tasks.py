@@ -6,7 +6,7 @@ Exit codes: 0 ok, 1 a host failed or was unreachable, 2 bad input (nothing touch
 
 from invoke import Collection
 
-from cli.app import deploy, releases, rollback
+from cli.app import deploy, killswitch, releases, rollback, toggle
 from cli.audit import audit
 from cli.backup import (
     backup_bucket,
@@ -20,11 +20,15 @@ from cli.certs import certs_renew, certs_status
 from cli.core import provision, run, trust, verify
 from cli.demo import lab_demo
 from cli.dev import lint, lock, test
+from cli.incident import incident_open, incident_resolve, incident_update
 from cli.lab import lab_down, lab_inbox, lab_status, lab_up
 from cli.monitoring import monitoring_check, monitoring_status, monitoring_sync
-from cli.report import report_daily, report_weekly
+from cli.report import report_daily, report_monthly, report_weekly
 from cli.status import status
 
+app_ns = Collection("app")
+app_ns.add_task(toggle)
+app_ns.add_task(killswitch)
 hosts_ns = Collection("hosts")
 hosts_ns.add_task(trust)
 lab_ns = Collection("lab")
@@ -47,6 +51,11 @@ monitoring_ns.add_task(monitoring_status, name="status")
 report_ns = Collection("report")
 report_ns.add_task(report_daily, name="daily")
 report_ns.add_task(report_weekly, name="weekly")
+report_ns.add_task(report_monthly, name="monthly")
+incident_ns = Collection("incident")
+incident_ns.add_task(incident_open, name="open")
+incident_ns.add_task(incident_update, name="update")
+incident_ns.add_task(incident_resolve, name="resolve")
 certs_ns = Collection("certs")
 certs_ns.add_task(certs_status, name="status")
 certs_ns.add_task(certs_renew, name="renew")
@@ -61,10 +70,12 @@ ns.add_task(rollback)
 ns.add_task(releases)
 ns.add_task(status)
 ns.add_task(audit)
+ns.add_collection(app_ns)
 ns.add_collection(hosts_ns)
 ns.add_collection(lab_ns)
 ns.add_collection(backup_ns)
 ns.add_collection(monitoring_ns)
 ns.add_collection(certs_ns)
 ns.add_collection(report_ns)
+ns.add_collection(incident_ns)
 ns.add_collection(dev_ns)

@@ -310,3 +310,75 @@ def releases(c, inventory=None, hosts=None, journal=0):
     print(dep.format_releases(rows), end="")
     if any(r.error for r in rows):
         raise Exit(code=ExitStatus.HOST_FAILED)
+
+
+# --- app.toggle, app.killswitch: the app's admin endpoints (opskit/app/toggles.py) ------------
+
+
+def _positional_help(task_name, usage, doc, helps):
+    """Invoke eats `-h` as a positional argument's value: print the task's help ourselves."""
+    print(f"Usage: inv[oke] [--core-opts] {task_name} {usage} [--options]\n\nDocstring:\n  {doc}\n")
+    print("Options:")
+    for flag, text in helps.items():
+        print(f"  --{flag.replace('_', '-'):<16} {text}")
+
+
+def _flip(inventory, hosts, name, state, message, json, ask_sudo_pass):
+    from opskit.app import toggles
+    from opskit.app.release import operator
+    from opskit.clients import ApiError
+    from opskit.core.runner import run_on_hosts
+
+    try:
+        flip = toggles.Flip(name, toggles.on_off(state, "STATE"), operator(), message)
+    except ConfigError as exc:
+        raise Exit(f"error: {exc}", code=ExitStatus.USAGE) from None
+    inv, selected = _app_hosts(inventory, hosts)
+    toggles.check_settings(selected)  # ConfigError: exit 2, no host called
+    done: dict[str, bool] = {}
+    emit = cli.printer(json_out=json, show_diff=False, verbose=False)
+    results = run_on_hosts(
+        inv,
+        selected,
+        toggles.flip_work(flip, done),
+        sudo_password=cli.ask_sudo_password(ask_sudo_pass),
+        on_result=emit,
+    )
+    changed = [h for h, c in done.items() if c]
+    webhook = toggles.slack_webhook(selected)
+    if changed and webhook:
+        text = toggles.slack_text(
+            flip, changed, [h for h, c in done.items() if not c], sum(1 for r in results if r.error)
+        )
+        try:
+            toggles.post_slack(webhook, text)
+        except ApiError as exc:
+            print(f"warning: Slack not told: {exc}", file=sys.stderr)
+    elif not changed and not json and not any(r.error for r in results):
+        print(f"{flip.describe}: already so on every host read; nothing changed, nothing sent")
+    cli.finish(results, json_out=json, dry_run=False)
+
+
+FLIP_HELP = H(
+    "inventory",
+    "json",
+    "ask_sudo_pass",
+    hosts=APP_HELP["hosts"],
+    message="why: kept in the journal and the Slack message",
+)
+
+
+@task(help=dict(FLIP_HELP, name="the toggle's name", state="on or off"))
+def toggle(c, name, state, inventory=None, hosts=None, message="", json=False, ask_sudo_pass=False):
+    """Switch a feature toggle of the app on or off on every app host (journal, Slack)."""
+    if {name, state} & {"-h", "--help"}:
+        return _positional_help("app.toggle", "NAME on|off", toggle.__doc__, FLIP_HELP)
+    _flip(inventory, hosts, name, state, message, json, ask_sudo_pass)
+
+
+@task(help=dict(FLIP_HELP, state="on (normal routes answer 503; /health stays truthful) or off"))
+def killswitch(c, state, inventory=None, hosts=None, message="", json=False, ask_sudo_pass=False):
+    """Switch the app's killswitch on or off on every app host (admin endpoint, journal, Slack)."""
+    if state in ("-h", "--help"):
+        return _positional_help("app.killswitch", "on|off", killswitch.__doc__, FLIP_HELP)
+    _flip(inventory, hosts, None, state, message, json, ask_sudo_pass)

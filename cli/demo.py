@@ -18,15 +18,16 @@ import yaml
 from invoke.exceptions import Exit
 
 from cli import common as cli
-from cli.app import deploy, releases, rollback
+from cli.app import deploy, killswitch, releases, rollback, toggle
 from cli.audit import audit
 from cli.backup import backup_drill, backup_list, backup_run
 from cli.certs import certs_renew, certs_status
 from cli.common import H, inventory_path, load, task
 from cli.core import provision, run, verify
+from cli.incident import incident_open, incident_resolve, incident_update
 from cli.lab import lab_inbox, lab_up
 from cli.monitoring import monitoring_check, monitoring_sync
-from cli.report import report_daily
+from cli.report import report_daily, report_monthly
 from cli.status import status
 from opskit.core.roles import REPO
 from opskit.core.runner import role_resources
@@ -176,6 +177,47 @@ def _alert_rules(c, inventory):
         print(f"received by {name}: {shown}")
 
 
+def _toggles_and_killswitch(c, inventory):
+    """Flip a feature toggle and the killswitch on every app host, then back (journal, Slack)."""
+    toggle(c, "new-checkout", "on", inventory=inventory, message="demo: dark launch")
+    killswitch(c, "on", inventory=inventory, message="demo: stop the bleeding")
+    killswitch(c, "on", inventory=inventory)  # a second run changes nothing and says so
+    killswitch(c, "off", inventory=inventory, message="demo: recovered")
+
+
+def _incident(c, inventory):
+    """Open an incident (alert, record with the known timeline), update it, resolve it."""
+    try:
+        incident_open(
+            c,
+            severity="high",
+            title="Demo: checkout answers 503",
+            impact="checkout, all users",
+            inventory=inventory,
+        )
+    except Exit as exc:
+        if exc.code != 1:
+            raise
+        print("(exit 1: a source was not read, shown above; the record is written)")
+    incident_update(c, message="killswitch on; a rollback is ready", inventory=inventory)
+    incident_resolve(
+        c,
+        root_cause="demo: a release that broke checkout",
+        resolution="killswitch, then the previous release",
+        prevention="post-deploy watch with automatic rollback",
+        inventory=inventory,
+    )
+
+
+def _monthly(c, inventory):
+    try:
+        report_monthly(c, inventory=inventory)
+    except Exit as exc:
+        if exc.code != 1:
+            raise
+        print("(exit 1: a source was not read, shown above; the review is written)")
+
+
 @task(help=H("inventory", fresh="start from freshly booted hosts"))
 def lab_demo(c, inventory=None, fresh=False):
     """The main job on the lab, end to end: converge, deploy, back up, certify, monitor, verify."""
@@ -234,6 +276,18 @@ def lab_demo(c, inventory=None, fresh=False):
         (
             "the daily review: Markdown, HTML with charts, JSON, and a Slack summary",
             lambda: report_daily(c, inventory=inventory, slack=True),
+        ),
+        (
+            "feature toggle and killswitch through the app's admin endpoints, on every app host",
+            lambda: _toggles_and_killswitch(c, inventory),
+        ),
+        (
+            "an incident: alert, record with the timeline opskit knows, update, resolve",
+            lambda: _incident(c, inventory),
+        ),
+        (
+            "the monthly review: slowest queries, sequential scans, sizes, 30-day criteria",
+            lambda: _monthly(c, inventory),
         ),
         (
             # Last but one: the flaky release's 500s would make the status and reports critical.

@@ -116,3 +116,64 @@ def report_weekly(
     directory for trends when present. Exit codes as report.daily.
     """
     _report("weekly", inventory, hosts, out, slack, fail_on, no_audit, workers, ask_sudo_pass)
+
+
+@task(help={k: v for k, v in REPORT_HELP.items() if k != "no_audit"})
+def report_monthly(
+    c, inventory=None, hosts=None, out="", slack=False, fail_on="", workers=8, ask_sudo_pass=False
+):
+    """Monthly review: slowest queries, sequential scans, sizes, the 30-day success criteria.
+
+    Action items first; uptime from UptimeRobot (> 99.9 %), error rate (< 1 %) and p95 (< 500 ms)
+    from nginx's access logs. Writes reports/monthly-<date>.md, .html (charts) and .json. Exit
+    code: 0 written, 1 a host or source not read (still written), 2 bad input, 5 with
+    --fail-on critical|warning when a criterion was missed (4: only warnings, with warning).
+    """
+    from opskit.clients import ApiError
+    from opskit.report import monthly
+    from opskit.report.data import ReportError, settings_for
+    from opskit.report.publish import post_slack, write
+
+    inv, selected = cli.load(inventory, hosts)
+    try:
+        settings = settings_for(selected, out or None)
+        if fail_on not in ("", "critical", "warning"):
+            raise ConfigError(f"--fail-on: expected critical or warning, got {fail_on!r}")
+        if slack and settings.slack_webhook is None:
+            raise ConfigError("--slack: no webhook: set report_slack_webhook_url to {secret: NAME}")
+        report = monthly.gather(
+            inv,
+            selected,
+            workers=workers,
+            sudo_password=cli.ask_sudo_password(ask_sudo_pass),
+        )
+    except ConfigError as exc:
+        raise cli.usage_error(exc) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted: no report written", code=ExitStatus.INTERRUPTED) from None
+    secrets = [s for h in selected for s in h.secrets]
+    try:
+        rendered = monthly.render(report, secrets=secrets)
+        paths = write(rendered, settings.out_dir, f"monthly-{report['until'][:10]}")
+    except ReportError as exc:
+        raise Exit(f"error: {exc}", code=ExitStatus.HOST_FAILED) from None
+    for p in paths.values():
+        print(f"wrote {p}")
+    print(rendered.slack, end="")
+    for source, err in sorted(report["errors"].items()):
+        print(f"  not read: {source}: {err.splitlines()[0] if err else ''}")
+    code = ExitStatus.HOST_FAILED if report["errors"] else 0
+    if slack:
+        try:
+            post_slack(rendered.slack, settings.slack_webhook)
+            print("slack: summary sent")
+        except ApiError as exc:
+            print(f"slack: NOT sent: {exc}", file=sys.stderr)
+            code = ExitStatus.HOST_FAILED
+    levels = {a["level"] for a in report["actions"]}
+    if fail_on and "critical" in levels:
+        code = 5
+    elif fail_on == "warning" and "warning" in levels:
+        code = 4
+    if code:
+        raise Exit(code=int(code))

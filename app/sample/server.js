@@ -27,6 +27,7 @@ const path = require("path");
 const ms = require("ms"); // an npm dependency: proves the release installed them
 const probe = require("platform-probe"); // a local package with an install script
 const db = require("./db");
+const admin = require("./admin"); // toggles and killswitch (admin.js)
 
 const HOST = process.env.HOST || "127.0.0.1";
 const PORT = Number(process.env.PORT || 3000);
@@ -107,6 +108,7 @@ async function schema(res) {
 // The request handler: one plain function.
 function handle(req, res) {
   const url = req.url.split("?")[0];
+  if (admin.handle(req, res, url, send)) return;
   if (url === "/health") return health(res);
   flakyDebt += FLAKY;
   if (flakyDebt >= 1) {

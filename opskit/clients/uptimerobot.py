@@ -80,6 +80,21 @@ class UptimeRobotClient:
         what = f"update monitor {monitor_id}"
         return dict(self.api.json("PATCH", f"/monitors/{monitor_id}", json=body, what=what) or {})
 
+    def uptime_stats(self, monitor_id: int, since: str, until: str) -> dict[str, Any]:
+        """A monitor's uptime over [since, until] (ISO 8601, at most 90 days apart):
+        `GET /monitors/{id}/stats/uptime?from=&to=` answers `{uptime (percent),
+        total_downtime_seconds, incident_count, mtbf, from, to}` (v3 OpenAPI,
+        `MonitorUptimeStatsDto`)."""
+        data = self.api.json(
+            "GET",
+            f"/monitors/{monitor_id}/stats/uptime",
+            params={"from": since, "to": until},
+            what=f"uptime of monitor {monitor_id}",
+        )
+        if not isinstance(data, dict) or not isinstance(data.get("uptime"), int | float):
+            raise ApiError(f"UptimeRobot uptime of monitor {monitor_id}: no uptime in the answer")
+        return dict(data)
+
     def delete_monitor(self, monitor_id: int) -> None:
         # 404/410: already gone, which is what was wanted.
         self.api.request(

@@ -352,6 +352,7 @@ def _lab_secret_builders() -> dict[str, Callable[[LabSpec, str], str]]:
         "BACKUP_S3_ACCESS_KEY_ID": lambda spec, t: f"LAB{t[:17].upper()}",
         "BACKUP_S3_SECRET_ACCESS_KEY": lambda spec, t: t,
         "POSTGRES_APP_PASSWORD": lambda spec, t: t[:24],
+        "APP_ADMIN_TOKEN": lambda spec, t: t,  # the sample app's admin endpoints
     }
 
 

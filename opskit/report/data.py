@@ -96,6 +96,7 @@ class ReportData:
     previous: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    incidents: dict[str, Any] | None = None  # weekly: opskit.report.incidents
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +117,7 @@ class ReportData:
             "previous": self.previous,
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "settings": self.settings,
+            "incidents": self.incidents,
         }
 
 

@@ -21,6 +21,7 @@ from opskit.core.result import Change, HostResult
 from opskit.core.runner import RunContext, run_on_hosts
 from opskit.core.secrets import Secret, redact
 from opskit.report.data import KINDS, ReportData, parse_time, settings_for
+from opskit.report.incidents import incidents_in
 from opskit.report.sources import HostPass
 from opskit.status import fleet as status
 
@@ -132,4 +133,6 @@ def gather(
                 data.unreadable.append(str(h.get("host")))
     if kind == "weekly":
         data.previous = previous_reports(settings.out_dir, data.since, data.until)
+        incident_dir = Path(str(hosts[0].vars.get("incident_dir") or "incidents"))
+        data.incidents = incidents_in(incident_dir, data.since, data.until)
     return data

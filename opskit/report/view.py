@@ -360,6 +360,7 @@ def build_view(report: Mapping[str, Any]) -> dict[str, Any]:
         "findings_more": max(0, len(findings) - max_items),
         "logins": logins,
         "trend": trend,
+        "incidents": _incidents(report.get("incidents")),
         "errors": errors,
         "seconds": report.get("seconds") or {},
         "has_status": report.get("status") is not None,
@@ -482,3 +483,36 @@ def _routine(report: Mapping[str, Any], nums: Mapping[str, Any]) -> list[dict[st
             )
         )
     return out
+
+
+def _incidents(section: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The weekly's incidents (opskit.report.incidents) with durations a person reads.
+
+    >>> v = _incidents({"count": 1, "open": 0, "by_severity": {"high": 1}, "incidents": [
+    ...     {"file": "a.md", "title": "t", "severity": "high", "status": "resolved",
+    ...      "opened_at": "x", "duration_s": 3900.0}], "total_duration_s": 3900.0,
+    ...     "longest_duration_s": 3900.0, "mean_time_to_resolve_s": 3900.0})
+    >>> v["rows"][0]["duration"], v["total"], v["mttr"]
+    ('1 h 05 min', '1 h 05 min', '1 h 05 min')
+    """
+    if section is None:
+        return None
+
+    def hm(seconds: Any) -> str:
+        if seconds is None:
+            return "n/a"
+        m = int(float(seconds) // 60)
+        return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+    return {
+        "count": section.get("count", 0),
+        "open": section.get("open", 0),
+        "by_severity": section.get("by_severity") or {},
+        "total": hm(section.get("total_duration_s")),
+        "longest": hm(section.get("longest_duration_s")),
+        "mttr": hm(section.get("mean_time_to_resolve_s")),
+        "directory": section.get("directory", ""),
+        "rows": [
+            {**i, "duration": hm(i.get("duration_s"))} for i in section.get("incidents") or []
+        ],
+    }

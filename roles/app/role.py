@@ -42,6 +42,10 @@ def _env(v: Mapping[str, Any], layout: AppLayout) -> dict[str, str]:
     }
     if v["app_sentry_dsn"]:
         env["SENTRY_DSN"] = v["app_sentry_dsn"]
+    if v.get("app_admin_token"):  # the admin endpoints (opskit/app/toggles.py)
+        env["ADMIN_TOKEN"] = v["app_admin_token"]
+        env["ADMIN_STATE_FILE"] = f"{layout.shared}/admin-state.json"
+        env["ADMIN_PATH"] = str(v["app_admin_path"])
     # Names and values are checked at load (roles/app/schema.yml); a value may be a Secret.
     for name, value in (v["app_env"] or {}).items():
         if name == "SENTRY_RELEASE":

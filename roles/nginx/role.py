@@ -49,6 +49,8 @@ def _check(v: Mapping[str, Any]) -> dict[str, Any]:
         nginx_http_server_names=http_names,
         nginx_acme_webroot=str(v["certbot_webroot"]) if tls else "",
         nginx_maintenance_flag=backup.maintenance_flag(app),
+        # The app's admin endpoints (app_admin_path) answer only on 127.0.0.1, over SSH.
+        nginx_deny_path=str(v.get("app_admin_path") or ""),
     )
 
 

@@ -545,6 +545,7 @@ def test_the_lab_inventorys_web_hosts_have_every_resource_once(tmp_path):
         "SENTRY_AUTH_TOKEN": "sntryu_abc",
         "SENTRY_DSN": "http://abc@10.213.0.1:8028/1",
         "POSTGRES_APP_PASSWORD": "abc",
+        "APP_ADMIN_TOKEN": "abc",
         "BACKUP_S3_ACCESS_KEY_ID": "LABABC",
         "BACKUP_S3_SECRET_ACCESS_KEY": "abc",
         "SLACK_ENGINEERING_WEBHOOK_URL": "http://10.213.0.1:8025/services/T0/B1/abc",

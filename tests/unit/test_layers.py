@@ -24,6 +24,7 @@ AREA_RANK = {
     "status": 2,
     "audit": 2,
     "report": 3,
+    "incident": 4,
 }
 # What an area offers roles: paths, config shapes and its own resource kinds, never operations.
 SPEC_MODULES = ("spec", "resources")

@@ -241,3 +241,35 @@ def test_sentry_stand_in_labels_pages_and_refuses_exact_duplicates(sentry):
     client.update_rule(made["id"], body)
     with pytest.raises(ApiError, match="exact duplicate of 'filler 0'"):
         client.update_rule(made["id"], {**body, "frequency": 40})
+
+
+def test_uptimerobot_stand_in_answers_uptime_stats_as_the_v3_openapi_describes(uptimerobot):
+    """`GET /monitors/{id}/stats/uptime?from&to`: uptime in percent over the monitored part of
+    the range, downtime seconds, incidents, MTBF; at most 90 days; `to` after `from`."""
+    url, directory = uptimerobot
+    client = UptimeRobotClient(KEY, base_url=url)
+    m = client.create_monitor(
+        {"friendlyName": "u", "type": "HTTP", "url": "https://e.example/", "interval": 300}
+    )
+    now = time.time()
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+    full = client.uptime_stats(m["id"], iso(now - 30 * 86400), iso(now))
+    assert (full["uptime"], full["incident_count"], full["mtbf"]) == (100.0, 0, None)
+    (directory / "downtime.json").write_text(
+        json.dumps({str(m["id"]): [[iso(now + 100), iso(now + 400)]]})
+    )
+    # the monitor was created just now: the range counts from then on
+    window = client.uptime_stats(m["id"], iso(now - 3000), iso(now + 600))
+    assert window["total_downtime_seconds"] == 300 and window["incident_count"] == 1
+    assert 0 < window["uptime"] < 100 and set(window) == {
+        "uptime",
+        "total_downtime_seconds",
+        "incident_count",
+        "mtbf",
+        "from",
+        "to",
+    }
+    with pytest.raises(ApiError, match="at most 90 days"):
+        client.uptime_stats(m["id"], iso(now - 91 * 86400), iso(now))
+    with pytest.raises(ApiError, match="to must be after from"):
+        client.uptime_stats(m["id"], iso(now), iso(now - 60))

@@ -18,6 +18,14 @@ it (https://github.com/uptimerobot/terraform-provider-uptimerobot, ``internal/cl
   HEARTBEAT, ``assignedAlertContacts`` (``[{alertContactId, threshold, recurrence}]``, ids must
   exist), ``tagNames`` in requests and ``tags: [{id, name}]`` in answers; ``type`` cannot change.
   A heartbeat monitor's ``url`` is its heartbeat URL on the lab's heartbeat stand-in.
+* ``GET /v3/monitors/{id}/stats/uptime?from=ISO&to=ISO`` (both optional: the last 24 hours;
+  at most 90 days; ``to`` after ``from``) answers ``{"uptime": <percent 0-100>,
+  "total_downtime_seconds", "incident_count", "mtbf": <seconds> | null, "from", "to"}`` as the
+  v3 OpenAPI document (``MonitorsController_getMonitorUptimeStats``, ``MonitorUptimeStatsDto``;
+  https://github.com/uptimerobot/uptimerobot-cli/blob/main/openapi/openapi.yaml) describes it.
+  The lab has no robot checking from outside: a monitor is up since it was created except for
+  the downtimes a test or the demo writes to ``DIR/downtime.json`` =
+  ``{"<monitor id>" | "*": [["<start ISO>", "<end ISO>"], ...]}``, read at every request.
 * Errors: non-2xx with ``{"message", "code"}``.
 * Rate limit as on the free plan (https://uptimerobot.com/api/v3, "Rate limits": FREE 10
   req/min, PRO monitor limit x 2 up to 5000): ``--rate`` requests (default 10) per ``--window``
@@ -44,6 +52,7 @@ import math
 import secrets
 import threading
 import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -260,6 +269,50 @@ class Store:
         self.keep({"action": "delete", "monitor": _summary(monitor)})
         return monitor
 
+    def uptime_stats(self, monitor_id: int, query: dict[str, list[str]]) -> dict[str, Any]:
+        """The monitor's uptime over [from, to] (default: the last 24 hours; at most 90 days)."""
+        monitor = self.get(monitor_id)
+        now = time.time()
+
+        def when(name: str, default: float) -> float:
+            if name not in query:
+                return default
+            text = query[name][0]
+            try:
+                return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise ApiError(400, f"{name} must be an ISO 8601 date, got {text!r}") from None
+
+        start, end = when("from", now - 86400), when("to", now)
+        if end <= start:
+            raise ApiError(400, "to must be after from")
+        if end - start > 90 * 86400:
+            raise ApiError(400, "the date range may be at most 90 days")
+        created = datetime.fromisoformat(monitor["createDateTime"].replace("Z", "+00:00"))
+        observed_from = max(start, created.timestamp())
+        observed = max(0.0, end - observed_from)
+        path = self.dir / "downtime.json"
+        spec = json.loads(path.read_text() or "{}") if path.exists() else {}
+        down, incidents = 0.0, 0
+        for a, b in [*spec.get(str(monitor_id), []), *spec.get("*", [])]:
+            lo = max(observed_from, datetime.fromisoformat(a.replace("Z", "+00:00")).timestamp())
+            hi = min(end, datetime.fromisoformat(b.replace("Z", "+00:00")).timestamp())
+            if hi > lo:
+                down += hi - lo
+                incidents += 1
+
+        def iso(t: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+        return {
+            "uptime": round(100.0 * (1 - down / observed), 4) if observed else 100.0,
+            "total_downtime_seconds": round(down),
+            "incident_count": incidents,
+            "mtbf": round((observed - down) / incidents) if incidents else None,
+            "from": iso(start),
+            "to": iso(end),
+        }
+
     def page(self, query: dict[str, list[str]], size: int, base: str) -> dict[str, Any]:
         items = sorted(self.monitors.values(), key=lambda m: m["id"])
         if "name" in query:
@@ -343,6 +396,9 @@ def make_handler(store: Store, api_key: str, page_size: int) -> type[BaseHTTPReq
                     return 200, store.page(query, page_size, base)
                 if self.command == "POST":
                     return 201, store.create(body)
+            stats = len(rest) == 4 and rest[0] == "monitors" and rest[2:] == ["stats", "uptime"]
+            if stats and self.command == "GET" and rest[1].isdigit():
+                return 200, store.uptime_stats(int(rest[1]), query)
             if len(rest) == 2 and rest[0] == "monitors":
                 try:
                     monitor_id = int(rest[1])
