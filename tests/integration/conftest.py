@@ -98,6 +98,12 @@ def forget_app(
         assert done.returncode == 0, done.stderr
     for host in inventory.hosts:
         if database and "postgresql" in host.roles:
-            drop = ["runuser", "-u", "postgres", "--", "dropdb", "--if-exists", "--force", database]
-            done = exec_in(spec, host.name, drop)
-            assert done.returncode == 0, done.stderr
+            # The server may be stopped (or not installed yet): its data outlives that.
+            script = (
+                "command -v pg_isready >/dev/null || exit 0\n"
+                "systemctl start postgresql\n"
+                "for i in $(seq 60); do pg_isready -q && break; sleep 0.5; done\n"
+                f"runuser -u postgres -- dropdb --if-exists --force {database}"
+            )
+            done = exec_in(spec, host.name, ["/bin/sh", "-c", script])
+            assert done.returncode == 0, done.stdout + done.stderr
