@@ -152,9 +152,9 @@ def versions() -> dict[str, str]:
             [
                 str(REPO / ".venv" / "bin" / "python"),
                 "-c",
-                "import opskit, paramiko, fabric, invoke; print("
+                "import opskit, paramiko, invoke; print("
                 "f'opskit {opskit.__version__} (paramiko {paramiko.__version__},"
-                " fabric {fabric.__version__}, invoke {invoke.__version__})')",
+                " invoke {invoke.__version__})')",
             ]
         ),
         "ansible": first_line([str(VENV / "ansible"), "--version"]),
