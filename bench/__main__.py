@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import labs, measure, report, state, tools
+from bench import labs, light, measure, report, state, tools
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -28,6 +28,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--sizes",
         default="1,10,30",
         help="lab sizes N, comma-separated (default 1,10,30; at most 60)",
+    )
+    p.add_argument(
+        "--light",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the ad-hoc command on N light hosts (sshd alone, bench/light.py; "
+        f"at most {light.MAX_HOSTS}); default 0: none",
     )
     p.add_argument("--runs", type=int, default=5, help="rounds per size (default 5; medians)")
     p.add_argument(
@@ -71,6 +79,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         labs.host_names(max(args.sizes))
     except ValueError as exc:
         p.error(f"--sizes: {exc}")
+    if args.light:
+        try:
+            light.host_names(args.light)
+        except ValueError as exc:
+            p.error(f"--light: {exc}")
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in args.tools if t not in tools.TOOLS]
     if unknown or not args.tools:
@@ -153,12 +166,35 @@ def main(argv: Sequence[str]) -> int:
                             problems.append(f"N={n} {tool}: the state differs between rounds")
                         snapshots[str(n)][tool] = snap
         problems += compare(n, snapshots[str(n)])
+    light_boot = 0.0
+    if args.light:
+        n = args.light
+        light_boot = light.up(n, progress=log)
+        log(f"{n} light hosts ready in {light_boot:.0f} s")
+        tools.write_configs(n, lite=True)
+        for rnd in range(args.runs):
+            k = rnd % len(args.tools)
+            for tool in args.tools[k:] + args.tools[:k]:
+                s = measure.run_step(spec, tool, "adhoc", n, rnd, lite=True)
+                steps.append(s)
+                log(
+                    f"light N={n} round {rnd + 1}/{args.runs} {tool:<7} adhoc "
+                    f"{s.wall:7.2f} s wall {s.cpu:6.2f} s cpu ({s.cpu_ms_per_host:.1f} ms/host)  "
+                    f"{min(s.sessions.values())}-{max(s.sessions.values())} cmds/host  "
+                    f"exit {s.exit_code}"
+                )
+                if s.exit_code != 0 or min(s.sessions.values()) < 1:
+                    problems.append(
+                        f"light N={n} {tool} adhoc exited {s.exit_code}:\n{s.output_tail}"
+                    )
     finished = time.time()
     data = {
         "command": "bench/run " + " ".join(argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": round(finished - started),
         "lab_boot_s": round(boot_seconds, 1),
+        "light": args.light,
+        "light_boot_s": round(light_boot, 1),
         "load_before": load_before,
         "load_after": Path("/proc/loadavg").read_text().split()[:3],
         "machine": report.machine(),
@@ -184,6 +220,8 @@ def main(argv: Sequence[str]) -> int:
         log(f"report: {args.results}")
     if args.down:
         labs.down(biggest)
+        if args.light:
+            light.down(log)
     for p in problems:
         log(f"PROBLEM: {p}")
     if problems:

@@ -177,6 +177,8 @@ def up(n: int, *, progress: Progress) -> float:
                 f"{LOGS}/{name}.log",
             ],
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # sshd logs to its -E file; keep no caller's pipe open
             start_new_session=True,
         )
         return name, proc.pid, line
