@@ -266,7 +266,11 @@ def markdown(data: Mapping[str, Any]) -> str:
         "owner, group and sha256 of every file and directory of the slice, packages, services) "
         "were read through nsenter: "
         + (
-            "**identical for all three tools on every host.**"
+            (
+                "**identical for all three tools on every host.**"
+                if len(tools) == 3
+                else f"**identical for {' and '.join(tools)} on every host.**"
+            )
             if data["identical_state"]
             else "**they differ — see problems below.**"
         ),
