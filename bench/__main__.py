@@ -219,9 +219,9 @@ def main(argv: Sequence[str]) -> int:
         args.results.write_text(text)
         log(f"report: {args.results}")
     if args.down:
-        labs.down(biggest)
         if args.light:
             light.down(log)
+        labs.down(biggest)  # the bridge last: the light hosts' veths are on it too
     for p in problems:
         log(f"PROBLEM: {p}")
     if problems:

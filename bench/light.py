@@ -113,9 +113,14 @@ def _pids() -> dict[str, int]:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/usr/sbin/sshd")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (ProcessLookupError, FileNotFoundError):
         return False
+    # sshd retitles itself: "sshd: /usr/sbin/sshd -D -f /etc/ssh/bench-light/... [listener] ..."
+    return (
+        cmdline.startswith((b"/usr/sbin/sshd", b"sshd: /usr/sbin/sshd"))
+        and CONF.encode() in cmdline
+    )
 
 
 def up(n: int, *, progress: Progress) -> float:
