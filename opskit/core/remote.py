@@ -329,7 +329,6 @@ def connect(host: Host, ssh: SshSettings, *, sudo_password: Secret | None = None
         raise ConnectError(f"{where}: unreachable ({reason})") from None
     transport = paramiko.Transport(sock)
     try:
-        transport.banner_timeout = transport.auth_timeout = timeout
         _handshake(transport, host, ssh, creds, where)
         _authenticate(transport, host, creds, where)
     except (HostKeyError, ConnectError):

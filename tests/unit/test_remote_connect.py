@@ -33,7 +33,6 @@ class FakeTransport:
         self.options = type("Options", (), {"key_types": ["ssh-ed25519", "ecdsa-sha2-nistp256"]})
         self.auth_tries: list[tuple[str, paramiko.PKey]] = []
         self.closed = self.authenticated = False
-        self.banner_timeout = self.auth_timeout = 0.0
         FakeTransport.made.append(self)
 
     def get_security_options(self) -> object:
