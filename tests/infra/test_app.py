@@ -21,7 +21,8 @@ def test_node_and_pinned_pm2(host, hostvars):
         assert version == hostvars["app_node_version"]
         assert host.file(f"{node.rsplit('/bin/', 1)[0]}/.opskit-sha256").exists
     assert int(version.split(".")[0]) >= 18
-    assert host.check_output(f"{PM2} --version").strip().splitlines()[-1] == str(
+    path = f"PATH={node.rsplit('/', 1)[0]}:/usr/bin:/bin"  # PM2's CLI: #!/usr/bin/env node
+    assert host.check_output(f"{path} {PM2} --version").strip().splitlines()[-1] == str(
         hostvars["app_pm2_version"]
     )
     assert host.file("/opt/opskit/pm2/.opskit-sha256").exists
@@ -52,15 +53,19 @@ def test_release_layout(host, hostvars):
     assert shared.is_directory and shared.mode == 0o750 and shared.user == hostvars["app_user"]
     state = host.file(f"{base}/.opskit")
     assert state.mode == 0o700 and state.user == "root"
+    # A deploy prunes to app_keep_releases when it succeeds; one that failed leaves its release,
+    # marked bad, until the next good deploy prunes it first.
     releases = host.check_output(f"ls -1 {base}/releases").split()
-    assert len(releases) <= hostvars["app_keep_releases"]
+    bad = host.run(f"ls -1d {base}/releases/*/.opskit-bad 2>/dev/null").stdout.split()
+    assert len(releases) - len(bad) <= hostvars["app_keep_releases"], (releases, bad)
 
 
 def test_ecosystem_file_is_private_and_loads(host, hostvars):
     path = f"/srv/{hostvars['app_name']}/shared/ecosystem.config.js"
     eco = host.file(path)
     assert eco.mode == 0o600 and eco.user == hostvars["app_user"]
-    out = host.check_output(f"node -e 'console.log(JSON.stringify(require(\"{path}\")))'")
+    node = _node(hostvars)
+    out = host.check_output(f"{node} -e 'console.log(JSON.stringify(require(\"{path}\")))'")
     [app] = json.loads(out)["apps"]
     assert app["name"] == hostvars["app_name"]
     assert app["cwd"] == f"/srv/{hostvars['app_name']}/current"

@@ -72,3 +72,32 @@ def inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         stdin=subprocess.DEVNULL,
         env={**os.environ, "OPSKIT_INVENTORY": str(LAB_INVENTORY), **(env or {})},
     )
+
+
+def forget_app(
+    spec: LabSpec, inventory: Inventory, app: str = "sample", database: str | None = None
+) -> None:
+    """Take the app off its hosts (PM2's process list, /srv/<app>), as on a host that never ran it;
+    with `database`, drop that database on the postgresql hosts too (a provision makes it again).
+
+    For a module whose app environment differs from what earlier modules deployed: PM2 keeps a
+    variable that was removed from the ecosystem file even on `startOrReload --update-env`
+    (github.com/Unitech/pm2/issues/3486), so the module starts from no app at all.
+    """
+    from opskit.lab.nspawn import exec_in
+
+    for host in inventory.hosts:
+        if "app" not in host.roles:
+            continue
+        user = str(host.vars.get("app_user", "app"))
+        script = (
+            f"systemctl stop pm2-{user} 2>/dev/null; pkill -u {user} 2>/dev/null; "
+            f"rm -rf /home/{user}/.pm2/dump.pm2* /srv/{app}; true"
+        )
+        done = exec_in(spec, host.name, ["/bin/sh", "-c", script])
+        assert done.returncode == 0, done.stderr
+    for host in inventory.hosts:
+        if database and "postgresql" in host.roles:
+            drop = ["runuser", "-u", "postgres", "--", "dropdb", "--if-exists", "--force", database]
+            done = exec_in(spec, host.name, drop)
+            assert done.returncode == 0, done.stderr

@@ -90,7 +90,11 @@ def build_inventory(lab_spec: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 
     def change(data: dict[str, Any]) -> None:
         data["groups"]["web"]["vars"].update(
-            app_repo=str(app), app_repo_path=".", app_build_command="npm run build"
+            app_repo=str(app),
+            app_repo_path=".",
+            app_build_command="npm run build",
+            app_migrate_command="",  # this app has no database: test_migrate.py migrates
+            app_schema_version_command="",
         )
 
     return load_inventory(write_inventory(tmp, change))

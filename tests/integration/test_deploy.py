@@ -30,7 +30,7 @@ from opskit.core.remote import connect
 from opskit.core.roles import REPO
 from opskit.core.runner import provision_work, run_on_hosts
 from opskit.fleet.verify import run_verify
-from tests.integration.conftest import inv, write_inventory
+from tests.integration.conftest import forget_app, inv, write_inventory
 
 HEALTH_TIMEOUT = 8
 TIMINGS: dict[str, Any] = {}
@@ -57,7 +57,9 @@ def app_inventory(lab_spec: Any, tmp_path_factory: pytest.TempPathFactory) -> In
         web["vars"]["app_env"] = {k: v for k, v in env.items() if not k.startswith("PG")}
         web["vars"].update(app_migrate_command="", app_schema_version_command="")
 
-    return load_inventory(write_inventory(tmp, change))
+    inventory = load_inventory(write_inventory(tmp, change))
+    forget_app(lab_spec, inventory)  # the releases and the PM2 environment are this module's
+    return inventory
 
 
 def web(inventory: Inventory) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 from opskit.core.inventory import Host, Inventory, load_inventory
 from opskit.core.roles import REPO
 from opskit.core.runner import provision_work, run_on_hosts
-from tests.integration.conftest import write_inventory
+from tests.integration.conftest import forget_app, write_inventory
 from tests.integration.test_deploy import Sampler, get, host_state, run, version
 
 HEALTH_TIMEOUT = 8
@@ -44,7 +44,12 @@ def mig_inventory(lab_spec: Any, tmp_path_factory: pytest.TempPathFactory) -> In
             app_repo=str(tmp / "sample-app"), app_repo_path=".", app_health_timeout=HEALTH_TIMEOUT
         )
 
-    return load_inventory(write_inventory(tmp, change))
+    inventory = load_inventory(write_inventory(tmp, change))
+    # The first deploy of this module migrates from schema 0 with no release, upload or journal
+    # entry left by earlier modules.
+    database = inventory.host(inventory.groups["web"][0]).vars["app_env"]["PGDATABASE"]
+    forget_app(lab_spec, inventory, database=str(database))
+    return inventory
 
 
 def webs(inventory: Inventory) -> list[Host]:

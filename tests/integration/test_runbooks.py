@@ -72,36 +72,40 @@ def apps(rinv: Inventory) -> list[str]:
 def test_01_killswitch_and_toggle_on_every_app_host(rinv: Inventory, lab_spec: LabSpec) -> None:
     web = [rinv.host(n).address for n in apps(rinv)]
     assert all(http(f"http://{a}/")[0] == 200 for a in web)
-    on = run_inv(rinv, "app.killswitch", "on", "--message", "5xx storm on checkout")
-    assert on.returncode == 0, on.stdout + on.stderr
-    assert on.stdout.count("killswitch on (journaled)") == len(web), on.stdout
-    for a in web:
-        code, body = http(f"http://{a}/")
-        assert code == 503 and json.loads(body)["error"] == "killswitch"
-        assert http(f"http://{a}/health") == (200, '{"status":"healthy"}\n')
-        assert http(f"http://{a}/ops/state")[0] == 404  # nginx never passes app_admin_path
-        assert json.loads(http(f"http://{a}/admin")[1])["error"] == "killswitch"  # the app's
-    assert any("*killswitch on* by" in t and "5xx storm" in t for t in slack_texts(lab_spec))
-    sent = len(slack_texts(lab_spec))
-    again = run_inv(rinv, "app.killswitch", "on")
-    assert again.returncode == 0 and "already so on every host" in again.stdout, again.stdout
-    assert len(slack_texts(lab_spec)) == sent  # nothing changed, nothing sent
-    # Persisted for every worker and across a restart of the app.
-    first = apps(rinv)[0]
-    on_host(rinv, first, "systemctl restart pm2-app && sleep 3")
-    for _ in range(20):
-        code, _body = http(f"http://{web[0]}/")
-        if code != 502:
-            break
-        time.sleep(1)
-    assert code == 503
-    toggled = run_inv(rinv, "app.toggle", "new-checkout", "on")
-    assert toggled.returncode == 0 and "toggle new-checkout on (journaled)" in toggled.stdout
-    state = json.loads(on_host(rinv, first, "cat /srv/sample/shared/admin-state.json"))
-    assert state["killswitch"] is True and state["toggles"] == {"new-checkout": True}
-    journal = run_inv(rinv, "releases", "--journal", "5")
-    assert journal.stdout.count("killswitch") >= len(web) and "toggle" in journal.stdout
-    off = run_inv(rinv, "app.killswitch", "off")
+    try:
+        on = run_inv(rinv, "app.killswitch", "on", "--message", "5xx storm on checkout")
+        assert on.returncode == 0, on.stdout + on.stderr
+        assert on.stdout.count("killswitch on (journaled)") == len(web), on.stdout
+        for a in web:
+            code, body = http(f"http://{a}/")
+            assert code == 503 and json.loads(body)["error"] == "killswitch"
+            health = http(f"http://{a}/health")  # the health check is never switched off
+            assert health[0] == 200 and json.loads(health[1])["status"] == "healthy", health
+            assert http(f"http://{a}/ops/state")[0] == 404  # nginx never passes app_admin_path
+            assert json.loads(http(f"http://{a}/admin")[1])["error"] == "killswitch"  # the app's
+        assert any("*killswitch on* by" in t and "5xx storm" in t for t in slack_texts(lab_spec))
+        sent = len(slack_texts(lab_spec))
+        again = run_inv(rinv, "app.killswitch", "on")
+        assert again.returncode == 0 and "already so on every host" in again.stdout, again.stdout
+        assert len(slack_texts(lab_spec)) == sent  # nothing changed, nothing sent
+        # Persisted for every worker and across a restart of the app.
+        first = apps(rinv)[0]
+        on_host(rinv, first, "systemctl restart pm2-app && sleep 3")
+        for _ in range(20):
+            code, _body = http(f"http://{web[0]}/")
+            if code != 502:
+                break
+            time.sleep(1)
+        assert code == 503
+        toggled = run_inv(rinv, "app.toggle", "new-checkout", "on")
+        assert toggled.returncode == 0 and "toggle new-checkout on (journaled)" in toggled.stdout
+        state = json.loads(on_host(rinv, first, "cat /srv/sample/shared/admin-state.json"))
+        assert state["killswitch"] is True and state["toggles"] == {"new-checkout": True}
+        journal = run_inv(rinv, "releases", "--journal", "5")
+        assert journal.stdout.count("killswitch") >= len(web) and "toggle" in journal.stdout
+    finally:  # never leave the fleet switched off for the modules after this one
+        off = run_inv(rinv, "app.killswitch", "off")
+        run_inv(rinv, "app.toggle", "new-checkout", "off")
     assert off.returncode == 0 and all(http(f"http://{a}/")[0] == 200 for a in web)
     bad = run_inv(rinv, "app.toggle", "new checkout", "on")
     assert bad.returncode == 2 and "NAME: 'new checkout'" in bad.stderr

@@ -226,6 +226,9 @@ def test_05_ctrl_c_ends_the_watch_and_keeps_the_release(app_inventory):
         text=True,
         stdin=subprocess.DEVNULL,
         env={**os.environ, "OPSKIT_INVENTORY": str(app_inventory.path)},
+        # Ctrl-C as at a terminal even when this suite was started in the background, where the
+        # shell hands SIGINT down ignored (and Python then installs no KeyboardInterrupt).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     lines: list[str] = []
