@@ -268,7 +268,7 @@ def run_step(
         sessions,
         logins,
         None if remote_before is None or remote_after is None else remote_after - remote_before,
-        tools.reported_changes(tool, output) if step != "adhoc" else None,
+        tools.reported_changes(tool, output) if step in ("first", "noop") else None,
         "\n".join(output.rstrip().splitlines()[-(4 if proc.returncode == 0 else 40) :]),
         load1,
         lite,

@@ -125,7 +125,7 @@ def missed_targets(data: Mapping[str, Any]) -> list[str]:
     )
     if noop and floor and noop > NOOP_VS_ADHOC * floor:
         missed.append(f"N={n}: no-change run {noop / floor:.2f}x opskit's ad-hoc time")
-    return missed + light_targets(data)
+    return missed + light_targets(data) + readonly_targets(data)
 
 
 def _table(data: Mapping[str, Any], n: int, tools: Sequence[str]) -> list[str]:
@@ -186,6 +186,99 @@ def _light_table(data: Mapping[str, Any], n: int, tools: Sequence[str]) -> list[
             f"| {commands(data, n, t, 'adhoc', 'connections', lite=True)} |"
         )
     return rows
+
+
+READONLY_TITLES = {
+    "status": "`inv status`",
+    "audit": "`inv audit` (inside)",
+    "certs.status": "`inv certs.status`",
+    "backup.list": "`inv backup.list`",
+    "releases": "`inv releases`",
+}
+
+
+def per_host(data: Mapping[str, Any], n: int, step: str, key: str) -> list[int]:
+    """Every host's count (`sessions` or `connections`) over every round of opskit's `step`."""
+    return [v for s in _steps(data, n, "opskit", step) for v in s[key].values()]
+
+
+def one_and_one(data: Mapping[str, Any], n: int, step: str) -> bool | None:
+    """True when `step` cost exactly 1 connection and 1 remote command on every host, every
+    round (None: not run).
+
+    >>> s = {"tool": "opskit", "step": "status", "n": 2, "sessions": {"a": 1, "b": 1},
+    ...      "connections": {"a": 1, "b": 1}}
+    >>> one_and_one({"steps": [s]}, 2, "status"), one_and_one({"steps": [s]}, 2, "audit")
+    (True, None)
+    >>> one_and_one({"steps": [{**s, "sessions": {"a": 1, "b": 2}}]}, 2, "status")
+    False
+    """
+    counts = per_host(data, n, step, "sessions") + per_host(data, n, step, "connections")
+    return None if not counts else set(counts) == {1}
+
+
+def _exit_codes(data: Mapping[str, Any], n: int, step: str) -> str:
+    return ", ".join(
+        str(c) for c in sorted({s["exit_code"] for s in _steps(data, n, "opskit", step)})
+    )
+
+
+def _readonly_table(data: Mapping[str, Any], n: int) -> list[str]:
+    """opskit's read-only fleet commands: what each costs per host."""
+    rows = [
+        "| command | wall s | SSH connections per host | remote commands per host "
+        "| operator CPU ms per host | exit | 1 connection, 1 command per host |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for step, title in READONLY_TITLES.items():
+        met = one_and_one(data, n, step)
+        if met is None:
+            continue
+        wall = median(data, n, "opskit", step, "wall")
+        cpu = cpu_per_host(data, n, "opskit", step)
+        rows.append(
+            f"| {title} | {'-' if wall is None else f'{wall:.2f}'} "
+            f"| {commands(data, n, 'opskit', step, 'connections')} "
+            f"| {commands(data, n, 'opskit', step)} "
+            f"| {'-' if cpu is None else f'{cpu:.1f}'} "
+            f"| {_exit_codes(data, n, step)} | {'yes' if met else '**no**'} |"
+        )
+    return rows
+
+
+def readonly_targets(data: Mapping[str, Any]) -> list[str]:
+    """Every read-only fleet command: 1 connection and 1 remote command per host (issue 19)."""
+    n = data.get("readonly") or 0
+    missed = []
+    for step in READONLY_TITLES if n else ():
+        if one_and_one(data, n, step) is False:
+            missed.append(
+                f"N={n}: inv {step}: {commands(data, n, 'opskit', step, 'connections')} "
+                f"connections, {commands(data, n, 'opskit', step)} remote commands per host"
+            )
+    return missed
+
+
+def readonly_section(data: Mapping[str, Any]) -> list[str]:
+    """The report's section on the read-only fleet commands (empty when they did not run)."""
+    n = data.get("readonly") or 0
+    if not n:
+        return []
+    return [
+        f"## Read-only fleet commands on {n} host{'s' if n != 1 else ''}",
+        "",
+        "opskit's read-only commands on the lab hosts, through an inventory that gives them the "
+        "roles these commands read (app, certbot, backup; bench/labs.py "
+        "`readonly_inventory_data`) without converging them: the hosts run the slice alone, so "
+        "the commands report no release, no certificate and no backup program (hence the exit "
+        "codes), at the cost of a real read. Connections and remote commands per host are the "
+        "`Accepted publickey` and `Starting session:` lines each host's sshd logged (range over "
+        "hosts and rounds); audit's probes from outside (HTTP, web hosts only) are not SSH and "
+        "these hosts have no nginx role. Medians of the rounds.",
+        "",
+        *_readonly_table(data, n),
+        "",
+    ]
 
 
 def light_targets(data: Mapping[str, Any]) -> list[str]:
@@ -259,6 +352,7 @@ def markdown(data: Mapping[str, Any]) -> str:
             *_light_table(data, n, tools),
             "",
         ]
+    out += readonly_section(data)
     out += [
         "## End state",
         "",

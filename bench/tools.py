@@ -27,6 +27,11 @@ VENV = BENCH / ".venv" / "bin"
 TOOLS = ("opskit", "ansible", "pyinfra")
 STEPS = ("first", "noop", "adhoc")
 ADHOC = "uptime"
+# The read-only fleet commands (`--readonly`, opskit only): the step's name is the task's.
+# Those with a --workers option get as many workers as hosts; backup.list and releases have none
+# (4 and 8 at once).
+READONLY = ("status", "audit", "certs.status", "backup.list", "releases")
+_READONLY_WORKERS = ("status", "audit", "certs.status")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ def write_configs(n: int, *, lite: bool = False) -> None:
         known, names, address = light.KNOWN_HOSTS, light.host_names(n), light.address
     else:
         labs.write_inventory(n, d / "opskit.yml")
+        labs.write_inventory(n, d / "opskit-readonly.yml", readonly=True)
         known, names, address = labs.STATE_DIR / "known_hosts", labs.host_names(n), labs.address
     hosts = "\n".join(f"{h} ansible_host={address(i)}" for i, h in enumerate(names, 1))
     (d / "ansible-hosts.ini").write_text(
@@ -88,8 +94,13 @@ def write_configs(n: int, *, lite: bool = False) -> None:
 def command(
     tool: str, step: str, n: int, *, workers: int | None = None, lite: bool = False
 ) -> Command:
-    """The command line of one step (first/noop converge or the ad-hoc command) of one tool."""
+    """The command line of one step (first/noop converge, the ad-hoc command, or one of opskit's
+    READONLY commands) of one tool."""
     d = workdir(n, lite=lite)
+    if step in READONLY:
+        if tool != "opskit":
+            raise ValueError(f"{step}: an opskit command, not {tool}'s")
+        return readonly_command(step, n)
     if tool == "opskit":
         inv = [str(REPO / ".venv" / "bin" / "inv")]
         common = ["-i", str(d / "opskit.yml"), "--workers", str(workers or n)]
@@ -116,6 +127,26 @@ def command(
             return Command([*base, "exec", "--", ADHOC], {}, d)
         return Command([*base, "--sudo", str(BENCH / "pyinfra" / "deploy.py")], {}, d)
     raise ValueError(f"unknown tool {tool!r} (tools: {', '.join(TOOLS)})")
+
+
+def readonly_command(name: str, n: int) -> Command:
+    """`inv <name>` on hosts b8h01..b8hNN through the read-only step's inventory
+    (bench/labs.py `readonly_inventory_data`).
+
+    >>> readonly_command("backup.list", 3).argv[1:]  # doctest: +ELLIPSIS
+    ['backup.list', '-i', '.../work/n3/opskit-readonly.yml']
+    >>> readonly_command("status", 3).argv[-2:]
+    ['--workers', '3']
+    """
+    argv = [
+        str(REPO / ".venv" / "bin" / "inv"),
+        name,
+        "-i",
+        str(workdir(n) / "opskit-readonly.yml"),
+    ]
+    if name in _READONLY_WORKERS:
+        argv += ["--workers", str(n)]
+    return Command(argv, {"OPSKIT_ROLES_PATH": str(BENCH), **labs.READONLY_SECRETS})
 
 
 def environment(cmd: Command) -> dict[str, str]:
