@@ -4,8 +4,10 @@ For each lab size N: per round (the tools' order rotates from round to round), e
 gets hosts whose slice was taken away (bench/state.py), converges them (first), converges again
 (noop: nothing to do) and runs an ad-hoc command on all hosts (adhoc). After every first converge
 the files, modes, owners, packages and services on every host are read back and must be identical
-for the three tools. Medians, ratios, operator CPU and remote commands per host go to a JSON file
-and, with --results, to a Markdown report.
+for the three tools. With --readonly, opskit's read-only fleet commands (status, audit,
+certs.status, backup.list, releases) run on the largest N's hosts too. Medians, ratios,
+operator CPU and remote commands per host go to a JSON file and, with --results, to a Markdown
+report.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import labs, measure, report, state, tools
+from bench import labs, light, measure, report, state, tools
+from opskit.lab.spec import LabSpec
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -28,6 +31,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--sizes",
         default="1,10,30",
         help="lab sizes N, comma-separated (default 1,10,30; at most 60)",
+    )
+    p.add_argument(
+        "--light",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the ad-hoc command on N light hosts (sshd alone, bench/light.py; "
+        f"at most {light.MAX_HOSTS}); default 0: none",
+    )
+    p.add_argument(
+        "--readonly",
+        action="store_true",
+        help="also run opskit's read-only fleet commands (" + ", ".join(tools.READONLY) + ") on "
+        "the largest N's hosts, --runs times each, and count what each costs per host",
     )
     p.add_argument("--runs", type=int, default=5, help="rounds per size (default 5; medians)")
     p.add_argument(
@@ -71,6 +88,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         labs.host_names(max(args.sizes))
     except ValueError as exc:
         p.error(f"--sizes: {exc}")
+    if args.light:
+        try:
+            light.host_names(args.light)
+        except ValueError as exc:
+            p.error(f"--light: {exc}")
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in args.tools if t not in tools.TOOLS]
     if unknown or not args.tools:
@@ -153,12 +175,40 @@ def main(argv: Sequence[str]) -> int:
                             problems.append(f"N={n} {tool}: the state differs between rounds")
                         snapshots[str(n)][tool] = snap
         problems += compare(n, snapshots[str(n)])
+    if args.readonly:
+        steps_ro, problems_ro = readonly(spec, biggest, args.runs)
+        steps += steps_ro
+        problems += problems_ro
+    light_boot = 0.0
+    if args.light:
+        n = args.light
+        light_boot = light.up(n, progress=log)
+        log(f"{n} light hosts ready in {light_boot:.0f} s")
+        tools.write_configs(n, lite=True)
+        for rnd in range(args.runs):
+            k = rnd % len(args.tools)
+            for tool in args.tools[k:] + args.tools[:k]:
+                s = measure.run_step(spec, tool, "adhoc", n, rnd, lite=True)
+                steps.append(s)
+                log(
+                    f"light N={n} round {rnd + 1}/{args.runs} {tool:<7} adhoc "
+                    f"{s.wall:7.2f} s wall {s.cpu:6.2f} s cpu ({s.cpu_ms_per_host:.1f} ms/host)  "
+                    f"{min(s.sessions.values())}-{max(s.sessions.values())} cmds/host  "
+                    f"exit {s.exit_code}"
+                )
+                if s.exit_code != 0 or min(s.sessions.values()) < 1:
+                    problems.append(
+                        f"light N={n} {tool} adhoc exited {s.exit_code}:\n{s.output_tail}"
+                    )
     finished = time.time()
     data = {
         "command": "bench/run " + " ".join(argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": round(finished - started),
         "lab_boot_s": round(boot_seconds, 1),
+        "light": args.light,
+        "readonly": biggest if args.readonly else 0,
+        "light_boot_s": round(light_boot, 1),
         "load_before": load_before,
         "load_after": Path("/proc/loadavg").read_text().split()[:3],
         "machine": report.machine(),
@@ -183,7 +233,9 @@ def main(argv: Sequence[str]) -> int:
         args.results.write_text(text)
         log(f"report: {args.results}")
     if args.down:
-        labs.down(biggest)
+        if args.light:
+            light.down(log)
+        labs.down(biggest)  # the bridge last: the light hosts' veths are on it too
     for p in problems:
         log(f"PROBLEM: {p}")
     if problems:
@@ -194,6 +246,32 @@ def main(argv: Sequence[str]) -> int:
             log(f"target missed: {m}")
         return 1 if missed else 0
     return 0
+
+
+def readonly(spec: LabSpec, n: int, runs: int) -> tuple[list[measure.Step], list[str]]:
+    """opskit's read-only fleet commands on hosts b8h01..b8hNN, each `runs` times: what each
+    costs per host. The slice is taken away first (a fresh host: no bench script where the backup
+    role's program would be). Their exit codes say what they found on hosts that run no app,
+    certificate or backup (1, 4 or 5); a usage error (2) or a host they never reached is a
+    problem."""
+    names = labs.host_names(n)
+    tools.write_configs(n)
+    parallel(lambda h: state.reset(spec, h), names)
+    steps, problems = [], []
+    for rnd in range(runs):
+        for name in tools.READONLY:
+            s = measure.run_step(spec, "opskit", name, n, rnd)
+            steps.append(s)
+            log(
+                f"N={n} round {rnd + 1}/{runs} inv {name:<12} {s.wall:7.2f} s wall "
+                f"{s.cpu:6.2f} s cpu ({s.cpu_ms_per_host:.1f} ms/host)  "
+                f"{min(s.connections.values())}-{max(s.connections.values())} logins/host  "
+                f"{min(s.sessions.values())}-{max(s.sessions.values())} cmds/host  "
+                f"exit {s.exit_code}"
+            )
+            if s.exit_code in (2, 130) or min(s.connections.values()) < 1:
+                problems.append(f"N={n} inv {name} exited {s.exit_code}:\n{s.output_tail}")
+    return steps, problems
 
 
 def compare(n: int, by_tool: dict[str, dict[str, list[str]]]) -> list[str]:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import labs, tools
+from bench import labs, light, tools
 from opskit.lab.nspawn import exec_in
 from opskit.lab.spec import LabSpec
 
@@ -43,6 +43,12 @@ class Step:
     reported_changes: int | None = None  # what the tool itself said (noop runs: must be 0)
     output_tail: str = ""
     load1: float | None = None  # the machine's 1-minute load average when the step started
+    lite: bool = False  # on the light hosts (bench/light.py: sshd alone), not the lab's
+
+    @property
+    def cpu_ms_per_host(self) -> float:
+        """Operator CPU per host, in milliseconds (start-up included)."""
+        return 1000 * self.cpu / self.n
 
 
 # --- operator-side CPU ---------------------------------------------------------------------
@@ -205,16 +211,30 @@ def sessions_since(spec: LabSpec, marks: dict[str, str]) -> tuple[dict[str, int]
 # --- one step ---------------------------------------------------------------------------------
 
 
+def light_sessions(marks: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Sessions and logins per light host, from its sshd log after the offsets in `marks`."""
+    counts = {name: count_sessions(light.log_since(name, at)) for name, at in marks.items()}
+    return {n: c[0] for n, c in counts.items()}, {n: c[1] for n, c in counts.items()}
+
+
 def run_step(
-    spec: LabSpec, tool: str, step: str, n: int, rnd: int, *, workers: int | None = None
+    spec: LabSpec,
+    tool: str,
+    step: str,
+    n: int,
+    rnd: int,
+    *,
+    workers: int | None = None,
+    lite: bool = False,
 ) -> Step:
-    names = labs.host_names(n)
-    cmd = tools.command(tool, step, n, workers=workers)
-    marks = cursors(spec, names)
+    names = light.host_names(n) if lite else labs.host_names(n)
+    cmd = tools.command(tool, step, n, workers=workers, lite=lite)
+    offsets = light.log_sizes(names) if lite else {}
+    marks = {} if lite else cursors(spec, names)
     load1 = float(Path("/proc/loadavg").read_text().split()[0])
     meter = CpuMeter()
     meter.start()
-    remote_before = host_cpu(names)
+    remote_before = None if lite else host_cpu(names)
     started = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -232,10 +252,10 @@ def run_step(
         if tool == "ansible":
             _close_ssh_masters(tools.workdir(n) / "cp", meter)
         cpu = meter.seconds()
-        remote_after = host_cpu(names)
+        remote_after = None if lite else host_cpu(names)
     finally:
         meter.close()
-    sessions, logins = sessions_since(spec, marks)
+    sessions, logins = light_sessions(offsets) if lite else sessions_since(spec, marks)
     output = proc.stdout + proc.stderr
     return Step(
         tool,
@@ -248,7 +268,8 @@ def run_step(
         sessions,
         logins,
         None if remote_before is None or remote_after is None else remote_after - remote_before,
-        tools.reported_changes(tool, output) if step != "adhoc" else None,
+        tools.reported_changes(tool, output) if step in ("first", "noop") else None,
         "\n".join(output.rstrip().splitlines()[-(4 if proc.returncode == 0 else 40) :]),
         load1,
+        lite,
     )

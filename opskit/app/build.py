@@ -438,7 +438,7 @@ def build_on_host(remote: Remote, t: Target, shipped: bytes, key: str) -> bytes:
     if "@@built " not in text:
         raise BuildError(f"the build on {remote.name} printed no result: {text.strip()[-500:]}")
     want = text.split("@@built ", 1)[1].split()[0]
-    sftp = remote.conn.sftp()
+    sftp = remote.sftp()
     with sftp.open(out, "rb") as f:
         f.prefetch()
         data = f.read()

@@ -466,7 +466,7 @@ def describe_lock(holder: Mapping[str, Any]) -> str:
 
 
 def _home(remote: Remote) -> str:
-    sftp = remote.conn.sftp()
+    sftp = remote.sftp()
     return str(sftp.normalize("."))
 
 

@@ -1,26 +1,39 @@
-"""One SSH connection per host per run (Fabric/Paramiko), host keys checked strictly.
+"""One SSH connection per host per run (a bare Paramiko transport), host keys checked strictly.
 
 Commands go over the connection's transport as one exec channel each, with the script on
 stdin (`sudo -n bash -s`), so a whole batch of state reads or changes is one round trip.
+
+Reaching a host costs only the SSH protocol: the private key and known_hosts are read once per
+run (`Credentials`, shared by every host's thread, re-read when a file changes), and a
+connection is a socket, a `paramiko.Transport`, the host-key check and one public-key
+authentication; no per-host configuration machinery.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import io
 import logging
 import select
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fabric
 import paramiko
 
-from opskit.core.errors import ConnectError, ConnectionLost, HostKeyError, RemoteCommandError
+from opskit.core.errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    HostKeyError,
+    RemoteCommandError,
+)
 from opskit.core.inventory import Host, SshSettings, check_identity
 from opskit.core.secrets import Secret, redact
 
@@ -55,18 +68,75 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
-    def __init__(self, host: Host, known_hosts: Path) -> None:
-        self.host, self.known_hosts = host, known_hosts
+def unknown_key_error(host: Host, known_hosts: Path, name: str, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"unknown host key for {name} ({key.get_name()} {fingerprint(key)}), not in "
+        f"{known_hosts}. If that fingerprint is right, record it with: "
+        f"inv hosts.trust --hosts {host.name}"
+    )
 
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        raise HostKeyError(
-            f"unknown host key for {hostname} ({key.get_name()} {fingerprint(key)}), not in "
-            f"{self.known_hosts}. If that fingerprint is right, record it with: "
-            f"inv hosts.trust --hosts {self.host.name}"
-        )
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What every connection of a run shares: the recorded host keys and the private keys to
+    offer (parsed once, not once per host)."""
+
+    host_keys: paramiko.HostKeys
+    keys: tuple[paramiko.PKey, ...]  # the identity; empty: the agent's and ~/.ssh's keys
+    stamp: tuple[object, ...]
+
+
+_credentials: dict[tuple[Path, Path | None], Credentials] = {}
+_credentials_lock = threading.Lock()
+
+
+def credentials(ssh: SshSettings) -> Credentials:
+    """The known_hosts and key of `ssh`, read once and shared (again after either file changed,
+    e.g. by `inv hosts.trust`)."""
+    stamp = (_file_id(ssh.known_hosts), None if ssh.identity is None else _file_id(ssh.identity))
+    cache_key = (ssh.known_hosts, ssh.identity)
+    with _credentials_lock:
+        cached = _credentials.get(cache_key)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        host_keys = paramiko.HostKeys()
+        if stamp[0] is not None:
+            try:
+                host_keys.load(str(ssh.known_hosts))
+            except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey) as exc:
+                raise HostKeyError(f"{ssh.known_hosts}: cannot read known_hosts: {exc}") from None
+        keys: tuple[paramiko.PKey, ...] = ()
+        if ssh.identity is not None:
+            try:
+                keys = (paramiko.PKey.from_path(ssh.identity),)
+            except (OSError, paramiko.SSHException, ValueError) as exc:
+                raise ConfigError(f"ssh.identity: {ssh.identity}: cannot load it ({exc})") from None
+        made = Credentials(host_keys, keys, stamp)
+        _credentials[cache_key] = made
+        return made
+
+
+def _default_keys() -> list[paramiko.PKey]:
+    """With no ssh.identity: the agent's keys, then ~/.ssh's unencrypted ones (as OpenSSH)."""
+    keys: list[paramiko.PKey] = []
+    with contextlib.suppress(paramiko.SSHException):  # no agent, or one that does not answer
+        keys.extend(paramiko.Agent().get_keys())
+    for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+        path = Path.home() / ".ssh" / name
+        if path.is_file():
+            try:
+                keys.append(paramiko.PKey.from_path(path))
+            except (OSError, paramiko.SSHException, ValueError):
+                continue  # encrypted (no passphrase to give) or unreadable: as OpenSSH, skip it
+    return keys
 
 
 @dataclass
@@ -74,10 +144,11 @@ class Remote:
     """A connected host. `commands` counts the remote commands this run sent (for reports)."""
 
     host: Host
-    conn: fabric.Connection
+    transport: paramiko.Transport
     sudo_password: Secret | None = None
     commands: int = 0
     _sudo_mode: str = field(default="", repr=False)  # "", "root", "nopasswd", "password"
+    _sftp: paramiko.SFTPClient | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -146,12 +217,11 @@ class Remote:
         return ConnectionLost(self.name, step, reason)
 
     def _open(self, command: str, step: str) -> paramiko.Channel:
-        transport = self.conn.client.get_transport()
-        if transport is None or not transport.is_active():
+        if not self.connected():
             raise self.lost(step)
         self.commands += 1
         try:
-            chan = transport.open_session()
+            chan = self.transport.open_session()
             chan.exec_command(command)
         except TRANSPORT_ERRORS as exc:
             raise self.lost(step, exc) from None
@@ -201,12 +271,22 @@ class Remote:
             err.decode(errors="replace"),
         )
 
-    def put_bytes(self, data: bytes, remote_path: str) -> None:
-        """Upload `data` to `remote_path` as the login user (SFTP; used for large files)."""
-        import io
+    def sftp(self) -> paramiko.SFTPClient:
+        """The connection's SFTP session, as the login user (opened on first use, then kept)."""
+        if self._sftp is None:
+            try:
+                self._sftp = paramiko.SFTPClient.from_transport(self.transport)
+            except TRANSPORT_ERRORS as exc:
+                raise self.lost("opening SFTP", exc) from None
+            if self._sftp is None:
+                raise self.lost("opening SFTP")
+        return self._sftp
 
+    def put_bytes(self, data: bytes, remote_path: str) -> None:
+        """Upload `data` to `remote_path` as the login user (SFTP; used for large files);
+        a relative path is under the login user's home."""
         try:
-            self.conn.put(io.BytesIO(data), remote_path)
+            self.sftp().putfo(io.BytesIO(data), remote_path)
         except TRANSPORT_ERRORS as exc:
             if isinstance(exc, OSError) and self.connected():
                 raise  # a file error on the host (no space, no permission), not the link
@@ -224,65 +304,102 @@ class Remote:
         return True
 
     def connected(self) -> bool:
-        transport = self.conn.client.get_transport()
-        return transport is not None and bool(transport.is_active())
+        return bool(self.transport.is_active())
 
     def close(self) -> None:
-        self.conn.close()
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        self.transport.close()
 
 
 def connect(host: Host, ssh: SshSettings, *, sudo_password: Secret | None = None) -> Remote:
-    """Open the one connection to `host`, refusing unknown or changed host keys (and a
-    private key others can read, as OpenSSH does: ConfigError)."""
+    """Open the one connection to `host`, refusing unknown or changed host keys before
+    authenticating (and a private key others can read, as OpenSSH does: ConfigError)."""
     check_identity(ssh)
-    connect_kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False}
-    if ssh.identity is not None:
-        connect_kwargs["key_filename"] = [str(ssh.identity)]
-    else:
-        connect_kwargs.update(allow_agent=True, look_for_keys=True)
-    conn = fabric.Connection(
-        host.address,
-        user=host.user,
-        port=host.port,
-        connect_timeout=ssh.connect_timeout,
-        connect_kwargs=connect_kwargs,
-        config=fabric.Config(overrides={"load_ssh_configs": False}),
-    )
-    client = conn.client
-    if ssh.known_hosts.exists():
-        try:
-            client.load_host_keys(str(ssh.known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"{ssh.known_hosts}: cannot read known_hosts: {exc}") from exc
-    client.set_missing_host_key_policy(_RejectUnknown(host, ssh.known_hosts))
+    creds = credentials(ssh)
     where = f"{host.name} ({host.user}@{host.address}:{host.port})"
+    timeout = ssh.connect_timeout
     try:
-        conn.open()
-    except HostKeyError:
-        conn.close()
+        sock = socket.create_connection((host.address, host.port), timeout=timeout)
+    except TimeoutError as exc:
+        raise ConnectError(f"{where}: unreachable (no answer in {timeout:g} s)") from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConnectError(f"{where}: unreachable ({reason})") from None
+    transport = paramiko.Transport(sock)
+    try:
+        _handshake(transport, host, ssh, creds, where)
+        _authenticate(transport, host, creds, where)
+    except (HostKeyError, ConnectError):
+        transport.close()
         raise
-    except paramiko.BadHostKeyException as exc:
-        conn.close()
+    except TimeoutError as exc:
+        transport.close()
+        raise ConnectError(f"{where}: unreachable (no answer in {timeout:g} s)") from exc
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        transport.close()
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectError(f"{where}: unreachable ({reason})") from None
+    except BaseException:
+        transport.close()
+        raise
+    return Remote(host, transport, sudo_password=sudo_password or ssh.sudo_password)
+
+
+def _handshake(
+    transport: paramiko.Transport, host: Host, ssh: SshSettings, creds: Credentials, where: str
+) -> None:
+    """Key exchange, then the host-key check against known_hosts (as paramiko's SSHClient
+    does: the recorded key types are asked for first; another type or key is a CHANGED key)."""
+    name = known_hosts_name(host.address, host.port)
+    recorded = creds.host_keys.lookup(name)
+    if recorded is not None:
+        options = transport.get_security_options()
+        wanted = [_sha2(options.key_types, k) for k in recorded]
+        options.key_types = [*wanted, *(k for k in options.key_types if k not in wanted)]
+    transport.start_client(timeout=ssh.connect_timeout)
+    key = transport.get_remote_server_key()
+    if recorded is None:
+        raise unknown_key_error(host, ssh.known_hosts, name, key)
+    expected = recorded.get(key.get_name())
+    if expected != key:
+        expected = expected or next(iter(recorded.values()))
         raise HostKeyError(
-            f"host key for {where} CHANGED: it offered {exc.key.get_name()} "
-            f"{fingerprint(exc.key)}, {ssh.known_hosts} has {fingerprint(exc.expected_key)}. "
+            f"host key for {where} CHANGED: it offered {key.get_name()} "
+            f"{fingerprint(key)}, {ssh.known_hosts} has {fingerprint(expected)}. "
             "This can mean someone is intercepting the connection. If the host was really "
             f"rebuilt, check the new fingerprint out of band, then record it with: "
             f"inv hosts.trust --hosts {host.name} --replace"
-        ) from None
-    except paramiko.AuthenticationException as exc:
-        conn.close()
-        raise ConnectError(f"{where}: authentication failed ({exc})") from None
-    except TimeoutError as exc:
-        conn.close()
-        raise ConnectError(
-            f"{where}: unreachable (no answer in {ssh.connect_timeout:g} s)"
-        ) from exc
-    except (OSError, paramiko.SSHException, EOFError) as exc:
-        conn.close()
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ConnectError(f"{where}: unreachable ({reason})") from None
-    return Remote(host, conn, sudo_password=sudo_password or ssh.sudo_password)
+        )
+
+
+def _sha2(available: Sequence[str], keytype: str) -> str:
+    """The algorithm to ask for a recorded key type (an RSA key is asked for with SHA-2).
+
+    >>> _sha2(["ssh-ed25519", "rsa-sha2-512", "ssh-rsa"], "ssh-rsa")
+    'rsa-sha2-512'
+    """
+    if keytype == "ssh-rsa":
+        return next((k for k in ("rsa-sha2-512", "rsa-sha2-256") if k in available), keytype)
+    return keytype
+
+
+def _authenticate(
+    transport: paramiko.Transport, host: Host, creds: Credentials, where: str
+) -> None:
+    keys = list(creds.keys) if creds.keys else _default_keys()
+    failure: Exception | None = None
+    for key in keys:
+        try:
+            transport.auth_publickey(host.user, key)
+        except paramiko.AuthenticationException as exc:
+            failure = exc
+            continue
+        if transport.is_authenticated():
+            return
+    reason = f"{failure}" if failure else "no key to offer: set ssh.identity in the inventory"
+    raise ConnectError(f"{where}: authentication failed ({reason})")
 
 
 def scan_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:

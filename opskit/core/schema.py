@@ -198,9 +198,15 @@ def parse_spec(raw: Any, where: str) -> Spec:
     )
 
 
+# libyaml's parser when PyYAML has it (same safe schema, same errors with their marks): every
+# command reads every role's declarations, and the pure-Python parser is most of a small run's
+# start-up.
+SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:

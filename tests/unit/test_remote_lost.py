@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -61,13 +60,13 @@ class DyingTransport:
             raise OSError("Socket is closed")
         return DyingChannel(self)
 
+    def close(self) -> None:
+        self.active = False
+
 
 def dying_remote(**kwargs: bool) -> Remote:
     transport = DyingTransport(**kwargs)
-    conn = SimpleNamespace(
-        client=SimpleNamespace(get_transport=lambda: transport), close=lambda: None
-    )
-    return Remote(make_host("web1"), conn)  # type: ignore[arg-type]
+    return Remote(make_host("web1"), transport)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("die_on_send", [False, True])
@@ -89,7 +88,7 @@ def test_the_runner_reports_a_lost_host_in_its_own_category(monkeypatch, caplog)
         return []
 
     def raw_transport_error(remote, ctx):
-        remote.conn.client.get_transport().active = False
+        remote.transport.active = False
         raise OSError("Socket is closed")  # from a library call no step wrapped
 
     for w in (work, raw_transport_error):
@@ -117,7 +116,7 @@ class LateDeath(DyingChannel):
 
 def test_a_channel_closed_just_before_its_connection_dies_is_a_lost_connection(monkeypatch):
     remote = dying_remote()
-    transport = remote.conn.client.get_transport()
+    transport = remote.transport
     monkeypatch.setattr(transport, "open_session", lambda: LateDeath(transport))
     with pytest.raises(ConnectionLost, match=r"^connection lost during apply changes"):
         remote.run("true", what="apply changes")
@@ -127,7 +126,7 @@ def test_a_command_killed_on_a_live_connection_is_not_a_lost_connection(monkeypa
     from opskit.core.errors import RemoteCommandError
 
     remote = dying_remote()
-    transport = remote.conn.client.get_transport()
+    transport = remote.transport
     chan = LateDeath(transport)
     chan.shutdown_write = lambda: setattr(chan, "closed", True)  # the connection lives on
     monkeypatch.setattr(transport, "open_session", lambda: chan)
