@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -606,6 +607,11 @@ def test_the_apt_proxy_keeps_package_files_and_counts_hits(tmp_path: Path) -> No
     for server in (mirror, proxy):
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
+    def settled(done: Callable[[], bool]) -> None:  # the server's work after the response
+        deadline = time.monotonic() + 10
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def get(path: str) -> tuple[int, bytes, str | None]:
         conn = http.client.HTTPConnection("127.0.0.1", proxy.server_address[1], timeout=10)
         conn.request("GET", f"http://{upstream}{path}")
@@ -617,12 +623,15 @@ def test_the_apt_proxy_keeps_package_files_and_counts_hits(tmp_path: Path) -> No
     try:
         pkg = "/debian/pool/main/x/x_1.0_amd64.deb"
         assert get(pkg) == (200, deb, None)  # a miss: fetched and kept
+        # The proxy renames the copy into the cache once the client has the last byte.
+        settled(lambda: any((tmp_path / "apt").rglob("x_1.0_amd64.deb")))
         assert get(pkg) == (200, deb, "HIT")  # from the cache: the mirror is not asked
         assert get("/debian/dists/bookworm/InRelease")[1] == b"index"
         assert get("/debian/dists/bookworm/InRelease")[1] == b"index"  # indexes: always fetched
         assert served == [pkg, "/debian/dists/bookworm/InRelease"] * 1 + [
             "/debian/dists/bookworm/InRelease"
         ]
+        settled(lambda: stats.exists() and json.loads(stats.read_text()).get("hits") == 1)
         counts = json.loads(stats.read_text())
         assert counts == {
             "hits": 1,
