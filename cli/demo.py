@@ -218,8 +218,14 @@ def _monthly(c, inventory):
         print("(exit 1: a source was not read, shown above; the review is written)")
 
 
-@task(help=H("inventory", fresh="start from freshly booted hosts"))
-def lab_demo(c, inventory=None, fresh=False):
+@task(
+    help=H(
+        "inventory",
+        fresh="start from freshly booted, wiped hosts (the default: the demo's migrations start "
+        "from an empty database); --no-fresh keeps the running hosts and what they hold",
+    )
+)
+def lab_demo(c, inventory=None, fresh=True):
     """The main job on the lab, end to end: converge, deploy, back up, certify, monitor, verify."""
     steps = [
         (
