@@ -122,21 +122,20 @@ def cache_key(lock_sha256: str, platform: Platform, command: str, tree: str) -> 
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def deps_identity(files: dict[str, bytes], hosts: Platform, build_key: str) -> str:
+def deps_identity(lock_sha256: str | None, hosts: Platform, build_key: str) -> str:
     """What a host compares to reuse a release's node_modules: with a lock file, the lock and the
     platform only (the production dependencies a build ships do not depend on the code it built);
-    without one, the build's own key (npm resolves package.json afresh each time).
+    without one (None), the build's own key (npm resolves package.json afresh each time).
 
     >>> p = Platform("linux", "x64", "glibc", "147", "26.12.1")
-    >>> deps_identity({"package-lock.json": b"L"}, p, "K1") == deps_identity(
-    ...     {"package-lock.json": b"L"}, p, "K2")
+    >>> deps_identity("L", p, "K1") == deps_identity("L", p, "K2")
     True
-    >>> deps_identity({}, p, "K1")
+    >>> deps_identity(None, p, "K1")
     'K1'
     """
-    if "package-lock.json" not in files:
+    if lock_sha256 is None:
         return build_key
-    return cache_key(sha256(files["package-lock.json"]), hosts, "", "")
+    return cache_key(lock_sha256, hosts, "", "")
 
 
 def plan(*, needed: bool, cached: bool, operator: str, hosts: Platform) -> str:
@@ -501,7 +500,7 @@ def build_release(
     built = dataclasses.replace(built, seconds=time.monotonic() - started)
     new = dataclasses.replace(
         art,
-        deps_key=deps_identity(files, hosts, key),
+        deps_key=deps_identity(lock_sha if "package-lock.json" in files else None, hosts, key),
         deps=deps,
         code=code if code is not None else art.code,
         tree=f"{art.tree}+{key[:16]}" if code is not None else art.tree,

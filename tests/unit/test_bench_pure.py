@@ -32,15 +32,15 @@ def step(tool, name, wall, sessions):
     }
 
 
-def test_report_and_targets():
-    data = {
-        "command": "bench/run",
+def run_data(command, **fields):
+    """A bench run's header as results.json has it; `fields`: sizes, tools, light, readonly."""
+    return {
+        "command": command,
         "started": "now",
         "duration_s": 1,
         "lab_boot_s": 1.0,
         "runs": 1,
-        "sizes": [30],
-        "tools": list(tools.TOOLS),
+        **fields,
         "cpu_meter": "v2",
         "identical_state": True,
         "state_lines_per_host": 21,
@@ -49,6 +49,12 @@ def test_report_and_targets():
         "versions": {"opskit": "0"},
         "load_before": ["1", "1", "1"],
         "load_after": ["1", "1", "1"],
+    }
+
+
+def test_report_and_targets():
+    data = {
+        **run_data("bench/run", sizes=[30], tools=list(tools.TOOLS)),
         "steps": [
             step("opskit", "first", 2.0, 2),
             step("ansible", "first", 100.0, 78),
@@ -72,22 +78,7 @@ def test_the_light_hosts_ad_hoc_floor_and_its_targets():
         return {**step(tool, "adhoc", wall, 1), "n": 100, "cpu": cpu, "lite": True}
 
     data = {
-        "command": "bench/run",
-        "started": "now",
-        "duration_s": 1,
-        "lab_boot_s": 1.0,
-        "runs": 1,
-        "sizes": [10],
-        "light": 100,
-        "tools": ["opskit", "pyinfra"],
-        "cpu_meter": "v2",
-        "identical_state": True,
-        "state_lines_per_host": 21,
-        "problems": [],
-        "machine": {"cpu": "2 x test"},
-        "versions": {"opskit": "0"},
-        "load_before": ["1", "1", "1"],
-        "load_after": ["1", "1", "1"],
+        **run_data("bench/run", sizes=[10], light=100, tools=["opskit", "pyinfra"]),
         "steps": [
             {**step("opskit", "noop", 1.2, 1), "n": 10},
             {**step("pyinfra", "noop", 6.0, 39), "n": 10},
@@ -122,22 +113,7 @@ def test_the_read_only_fleet_commands_table_and_their_target():
         }
 
     data = {
-        "command": "bench/run --readonly",
-        "started": "now",
-        "duration_s": 1,
-        "lab_boot_s": 1.0,
-        "runs": 1,
-        "sizes": [2],
-        "readonly": 2,
-        "tools": ["opskit"],
-        "cpu_meter": "v2",
-        "identical_state": True,
-        "state_lines_per_host": 21,
-        "problems": [],
-        "machine": {"cpu": "2 x test"},
-        "versions": {"opskit": "0"},
-        "load_before": ["1", "1", "1"],
-        "load_after": ["1", "1", "1"],
+        **run_data("bench/run --readonly", sizes=[2], readonly=2, tools=["opskit"]),
         "steps": [
             {**step("opskit", "noop", 1.0, 1), "n": 2},
             {**step("opskit", "adhoc", 1.0, 1), "n": 2},
